@@ -1,0 +1,63 @@
+"""egma_hf: EGMA (Eye-gaze Guided Multi-modal Alignment, Ma et al., NeurIPS 2024) as a transformers model.
+
+Importing the package registers EGMA with transformers' Auto classes, so `AutoModel`, `AutoConfig`,
+`AutoProcessor`, `AutoImageProcessor` and `pipeline("zero-shot-image-classification", model=<dir>)` load saved
+EGMA checkpoints without remote code.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+
+from .configuration_egma import EGMAConfig
+from .image_processing_egma import EGMAImageProcessor
+from .losses import (
+    EGMALoss,
+    EGMALossOutput,
+    clip_contrastive_loss,
+    fine_grained_contrastive_loss,
+    fine_grained_similarity,
+    gaze_mapping_loss,
+    gaze_mlce_loss,
+    multilabel_categorical_crossentropy,
+)
+from .modeling_egma import EGMAImageFeatures, EGMAModel, EGMAOutput, EGMAPreTrainedModel, EGMATextFeatures
+from .processing_egma import EGMAProcessor, split_report_into_sentences
+
+__version__ = "0.1.0.dev0"
+
+AutoConfig.register(EGMAConfig.model_type, EGMAConfig, exist_ok=True)
+AutoModel.register(EGMAConfig, EGMAModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(EGMAConfig, EGMAModel, exist_ok=True)
+AutoImageProcessor.register(EGMAConfig, image_processor_classes={"torchvision": EGMAImageProcessor}, exist_ok=True)
+AutoProcessor.register(EGMAConfig, EGMAProcessor, exist_ok=True)
+
+# save_pretrained copies the code next to the weights, so trust_remote_code=True works without egma_hf installed.
+EGMAConfig.register_for_auto_class()
+EGMAModel.register_for_auto_class("AutoModel")
+EGMAImageProcessor.register_for_auto_class("AutoImageProcessor")
+EGMAProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "EGMAConfig",
+    "EGMAModel",
+    "EGMAPreTrainedModel",
+    "EGMAOutput",
+    "EGMAImageFeatures",
+    "EGMATextFeatures",
+    "EGMAImageProcessor",
+    "EGMAProcessor",
+    "EGMALoss",
+    "EGMALossOutput",
+    "split_report_into_sentences",
+    "clip_contrastive_loss",
+    "multilabel_categorical_crossentropy",
+    "gaze_mlce_loss",
+    "fine_grained_similarity",
+    "fine_grained_contrastive_loss",
+    "gaze_mapping_loss",
+]

@@ -1,0 +1,404 @@
+"""EGMA model: a CLIP-shaped dual encoder whose patches and sentences are aligned with radiologists' eye gaze.
+
+Batch layout
+------------
+Texts come in one of two shapes:
+
+- `input_ids` (T, L): T texts of one sentence each, like CLIP (zero-shot prompts, the transformers pipeline).
+- `input_ids` (T, M, L): T reports, each padded to M sentence slots. A slot whose `attention_mask` row is all zero is
+  padding; every report needs at least one real sentence. `EGMAProcessor` produces this layout.
+
+Each sentence is encoded on its own (padding slots are never run through the text tower). A report's global
+embedding is the mean of its projected sentence embeddings, so a one-sentence report and the same sentence as a
+prompt get the same embedding.
+
+Gaze is optional: `gaze_heatmaps` (B, M, h, w) holds one heatmap per sentence slot, pooled to the vision tower's
+patch grid (h * w = number of patches; `EGMAProcessor` does the pooling), and `has_gaze` (B,) marks the samples
+that have gaze at all. Heatmaps of samples without gaze and of padding slots are ignored.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_egma import EGMAConfig
+from .losses import EGMALoss
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_egma.EGMAConfig",
+    "AutoModel": "modeling_egma.EGMAModel",
+    "AutoModelForZeroShotImageClassification": "modeling_egma.EGMAModel",
+}
+
+
+@dataclass
+class EGMAImageFeatures(BaseModelOutputWithPooling):
+    r"""
+    pooler_output (`torch.Tensor` of shape `(batch_size, projection_dim)`):
+        Projected global image embedding (not normalised), as `CLIPModel.get_image_features`.
+    patch_embeds (`torch.Tensor` of shape `(batch_size, num_patches, projection_dim)`):
+        Projected patch embeddings (not normalised), row-major over the patch grid. None when the vision tower's
+        output has no patch grid that can be derived.
+    patch_grid (`tuple[int, int]`):
+        (height, width) of the patch grid.
+    """
+
+    patch_embeds: torch.Tensor | None = None
+    patch_grid: tuple[int, int] | None = None
+
+
+@dataclass
+class EGMATextFeatures(BaseModelOutputWithPooling):
+    r"""
+    pooler_output (`torch.Tensor` of shape `(num_texts, projection_dim)`):
+        Projected global text embedding (not normalised): the mean of each report's sentence embeddings.
+    last_hidden_state (`torch.Tensor` of shape `(num_sentences, seq_len, hidden_size)`):
+        Text tower output for the real sentences only, in row-major (text, slot) order.
+    sentence_embeds (`torch.Tensor` of shape `(num_texts, max_sentences, projection_dim)`):
+        Projected sentence embeddings (not normalised); zeros in padding slots.
+    sentence_mask (`torch.BoolTensor` of shape `(num_texts, max_sentences)`):
+        True for real sentences.
+    """
+
+    sentence_embeds: torch.Tensor | None = None
+    sentence_mask: torch.Tensor | None = None
+
+
+@dataclass
+class EGMAOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor`, returned when `return_loss=True`): weighted sum of the loss terms below.
+    global_loss, mlce_loss, fine_grained_loss, egm_loss (`torch.Tensor`): each term, None when switched off.
+    logits_per_image (`torch.Tensor` of shape `(num_images, num_texts)`): scaled cosine of global embeddings.
+    logits_per_text (`torch.Tensor` of shape `(num_texts, num_images)`): its transpose.
+    image_embeds (`torch.Tensor` of shape `(num_images, projection_dim)`): normalised global image embeddings.
+    text_embeds (`torch.Tensor` of shape `(num_texts, projection_dim)`): normalised global text embeddings.
+    patch_embeds (`torch.Tensor` of shape `(num_images, num_patches, projection_dim)`): normalised patches.
+    sentence_embeds (`torch.Tensor` of shape `(num_texts, max_sentences, projection_dim)`): normalised sentences.
+    sentence_mask (`torch.BoolTensor` of shape `(num_texts, max_sentences)`): real sentence slots.
+    text_model_output (`EGMATextFeatures`), vision_model_output (`EGMAImageFeatures`): tower outputs.
+    """
+
+    loss: torch.Tensor | None = None
+    global_loss: torch.Tensor | None = None
+    mlce_loss: torch.Tensor | None = None
+    fine_grained_loss: torch.Tensor | None = None
+    egm_loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    patch_embeds: torch.Tensor | None = None
+    sentence_embeds: torch.Tensor | None = None
+    sentence_mask: torch.Tensor | None = None
+    text_model_output: EGMATextFeatures | None = None
+    vision_model_output: EGMAImageFeatures | None = None
+
+    def to_tuple(self):
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def _build_text_tower(text_config) -> PreTrainedModel:
+    """The text tower without BERT's pooler: EGMA pools hidden states itself, and unused weights break DDP."""
+    try:
+        return AutoModel.from_config(text_config, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        return AutoModel.from_config(text_config)
+
+
+def _vision_width(vision_model: nn.Module, vision_config) -> int:
+    """Channel width of the vision tower's patch tokens and pooled output."""
+    timm_model = getattr(vision_model, "timm_model", None)
+    if timm_model is not None:
+        return timm_model.num_features
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)  # ConvNeXt, ResNet
+    if hidden_sizes:
+        return hidden_sizes[-1]
+    return vision_config.hidden_size
+
+
+class EGMAPreTrainedModel(PreTrainedModel):
+    config: EGMAConfig
+    config_class = EGMAConfig
+    base_model_prefix = "egma"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, EGMAModel):
+            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5)
+            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class EGMAModel(EGMAPreTrainedModel):
+    """EGMA dual encoder. `get_image_features` / `get_text_features` / `forward` follow `CLIPModel`."""
+
+    def __init__(self, config: EGMAConfig, vision_model: PreTrainedModel | None = None, text_model=None):
+        super().__init__(config)
+        self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+        self.text_model = text_model if text_model is not None else _build_text_tower(config.text_config)
+        self.vision_model.config = config.vision_config
+        self.text_model.config = config.text_config
+
+        self.vision_embed_dim = _vision_width(self.vision_model, config.vision_config)
+        self.text_embed_dim = config.text_config.hidden_size
+        self.visual_projection = nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.loss_function = EGMALoss(config)
+        self.post_init()
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls, vision_model_name_or_path: str, text_model_name_or_path: str, **config_kwargs
+    ) -> "EGMAModel":
+        """Build EGMA from two separately pretrained towers (local dirs or Hub ids), e.g. a Swin-T and
+        Bio_ClinicalBERT. The projections and the temperature are newly initialised; `config_kwargs` go to
+        `EGMAConfig` (loss recipe, `projection_dim`, ...)."""
+        vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+        try:
+            text_model = AutoModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
+        except TypeError:
+            text_model = AutoModel.from_pretrained(text_model_name_or_path)
+        config = EGMAConfig(vision_config=vision_model.config, text_config=text_model.config, **config_kwargs)
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        # post_init only initialises what is not loaded; make sure the new heads start from EGMA's init.
+        model._init_weights(model)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Both Auto keys, so the zero-shot pipeline and AutoModel load it with trust_remote_code=True.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Image side
+
+    def _patch_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor | None, tuple[int, int] | None, str]:
+        """Vision tower output -> (B, N, C) patch tokens and their (h, w) grid, or (None, None, reason)."""
+        if hidden.ndim == 4:
+            timm_model = getattr(self.vision_model, "timm_model", None)
+            if getattr(timm_model, "output_fmt", "NCHW") == "NHWC":
+                hidden = hidden.permute(0, 3, 1, 2)
+            height, width = hidden.shape[-2:]
+            return hidden.flatten(2).transpose(1, 2), (height, width), ""
+        if hidden.ndim != 3:
+            return None, None, f"vision tower output has shape {tuple(hidden.shape)}, expected 3-D tokens or 4-D maps"
+        num_tokens = hidden.shape[1]
+        timm_model = getattr(self.vision_model, "timm_model", None)
+        if timm_model is not None:
+            prefixes = [getattr(timm_model, "num_prefix_tokens", 0)]
+        else:  # class token and register tokens come first in transformers' ViT-style towers
+            registers = getattr(self.config.vision_config, "num_register_tokens", 0) or 0
+            prefixes = [0, 1 + registers]
+        for prefix in prefixes:
+            side = math.isqrt(num_tokens - prefix)
+            if side * side == num_tokens - prefix:
+                return hidden[:, prefix:], (side, side), ""
+        return None, None, f"{num_tokens} vision tokens do not form a square patch grid"
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> EGMAImageFeatures:
+        """pixel_values (B, 3, H, W) -> `EGMAImageFeatures` with the projected global embedding in `.pooler_output`."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required (a float tensor of shape (batch, 3, height, width))")
+        if pixel_values.ndim != 4 or pixel_values.shape[0] == 0 or pixel_values.shape[-1] == 0:
+            raise ValueError(f"pixel_values must have shape (batch>0, channels, height, width), got {tuple(pixel_values.shape)}")
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        patches, grid, self._no_patch_grid_reason = self._patch_tokens(outputs.last_hidden_state)
+        pooled = outputs.pooler_output
+        if pooled is None:
+            if patches is None:
+                raise ValueError(f"cannot pool the vision tower's output: {self._no_patch_grid_reason}")
+            pooled = patches.mean(1)
+        pooled = pooled.flatten(1)  # some towers pool to (B, C, 1, 1)
+        return EGMAImageFeatures(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(pooled),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            patch_embeds=self.visual_projection(patches) if patches is not None else None,
+            patch_grid=grid,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Text side
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> EGMATextFeatures:
+        """input_ids (T, L) prompts or (T, M, L) reports -> `EGMATextFeatures`; `.pooler_output` is (T, D)."""
+        if input_ids is None:
+            raise ValueError("input_ids is required: (texts, seq_len) or (reports, sentences, seq_len)")
+        if input_ids.ndim == 2:
+            input_ids = input_ids[:, None]
+            attention_mask = attention_mask[:, None] if attention_mask is not None else None
+            token_type_ids = token_type_ids[:, None] if token_type_ids is not None else None
+        if input_ids.ndim != 3 or input_ids.shape[0] == 0 or input_ids.shape[-1] == 0:
+            raise ValueError(f"input_ids must be (texts, seq_len) or (reports, sentences, seq_len), got {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if tensor is not None and tensor.shape != input_ids.shape:
+                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+
+        sentence_mask = attention_mask.bool().any(-1)  # (T, M)
+        empty = (~sentence_mask.any(-1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"text(s) {empty} have no sentence: their attention_mask is all zero (empty report?)")
+
+        token_mask = attention_mask[sentence_mask]  # (S, L), real sentences only
+        outputs = self.text_model(
+            input_ids=input_ids[sentence_mask],
+            attention_mask=token_mask,
+            token_type_ids=token_type_ids[sentence_mask] if token_type_ids is not None else None,
+            output_hidden_states=True,
+            return_dict=True,
+            **kwargs,
+        )
+        layers = outputs.hidden_states[-self.config.text_pooling_layers :]
+        hidden = torch.stack(layers).mean(0)  # (S, L, H)
+        if self.config.text_pooling_mask_padding:
+            weights = token_mask.to(hidden.dtype)[..., None]
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        else:
+            pooled = hidden.mean(1)
+        projected = self.text_projection(pooled)  # (S, D)
+
+        sentence_embeds = projected.new_zeros(*sentence_mask.shape, projected.shape[-1])
+        sentence_embeds[sentence_mask] = projected
+        counts = sentence_mask.sum(-1, keepdim=True).to(projected.dtype)
+        report_embeds = sentence_embeds.sum(1) / counts
+        return EGMATextFeatures(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=report_embeds,
+            hidden_states=outputs.hidden_states,
+            attentions=getattr(outputs, "attentions", None),
+            sentence_embeds=sentence_embeds,
+            sentence_mask=sentence_mask,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _gaze_maps(
+        self, gaze_heatmaps: torch.Tensor, has_gaze: torch.Tensor | None, sentence_mask: torch.Tensor, image: EGMAImageFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate heatmaps (B, M, h, w) and flatten them to GS (B, M, N), each sentence's map scaled to max 1."""
+        if image.patch_embeds is None:
+            raise ValueError(
+                f"gaze_heatmaps were given but this vision tower has no patch grid to align them with: "
+                f"{self._no_patch_grid_reason}"
+            )
+        batch, slots = sentence_mask.shape
+        grid = image.patch_grid
+        expected = (batch, slots, *grid)
+        if gaze_heatmaps.ndim != 4 or tuple(gaze_heatmaps.shape) != expected:
+            raise ValueError(
+                f"gaze_heatmaps must have shape (batch, sentence slots, grid_h, grid_w) = {expected}: one heatmap per "
+                f"sentence slot, pooled to the vision tower's {grid[0]}x{grid[1]} patch grid "
+                f"(EGMAProcessor(gaze_grid_size={grid[0]}) does this); got {tuple(gaze_heatmaps.shape)}"
+            )
+        if not torch.isfinite(gaze_heatmaps).all():
+            raise ValueError("gaze_heatmaps contain NaN or inf")
+        if (gaze_heatmaps < 0).any():
+            raise ValueError("gaze_heatmaps contain negative values; heatmaps must be >= 0")
+        if has_gaze is None:
+            has_gaze = torch.ones(batch, dtype=torch.bool, device=gaze_heatmaps.device)
+        elif has_gaze.shape != (batch,):
+            raise ValueError(f"has_gaze must have shape ({batch},), got {tuple(has_gaze.shape)}")
+        maps = gaze_heatmaps.flatten(2).float()
+        peak = maps.amax(-1, keepdim=True)
+        maps = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), maps)
+        return maps, has_gaze.bool()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        gaze_heatmaps: torch.Tensor | None = None,
+        has_gaze: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+    ) -> EGMAOutput:
+        r"""
+        input_ids, attention_mask, token_type_ids: (T, L) one sentence per text, or (T, M, L) reports of M slots.
+        pixel_values: (B, 3, H, W).
+        gaze_heatmaps: optional (B, M, h, w) per-sentence heatmaps on the patch grid (see module docstring).
+        has_gaze: optional (B,) bool, which samples have gaze (default: all, when `gaze_heatmaps` is given).
+        return_loss: compute the EGMA loss; needs B == T matching image-report pairs.
+        """
+        vision_outputs = self.get_image_features(pixel_values=pixel_values)
+        text_outputs = self.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        logit_scale = self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+        logits_per_text = logit_scale * text_embeds @ image_embeds.t()
+        logits_per_image = logits_per_text.t()
+
+        patch_embeds = vision_outputs.patch_embeds
+        patch_embeds = F.normalize(patch_embeds, dim=-1) if patch_embeds is not None else None
+        sentence_embeds = F.normalize(text_outputs.sentence_embeds, dim=-1)
+        sentence_mask = text_outputs.sentence_mask
+
+        gaze_maps = None
+        if gaze_heatmaps is not None:
+            if image_embeds.shape[0] != text_embeds.shape[0]:
+                raise ValueError(
+                    f"gaze_heatmaps need matching image-report pairs, got {image_embeds.shape[0]} images and "
+                    f"{text_embeds.shape[0]} texts"
+                )
+            gaze_maps, has_gaze = self._gaze_maps(gaze_heatmaps, has_gaze, sentence_mask, vision_outputs)
+
+        terms = {}
+        if return_loss:
+            if image_embeds.shape[0] != text_embeds.shape[0]:
+                raise ValueError(
+                    f"return_loss needs matching image-report pairs, got {image_embeds.shape[0]} images and "
+                    f"{text_embeds.shape[0]} texts"
+                )
+            if patch_embeds is None:
+                raise ValueError(f"EGMA's loss needs patch embeddings: {self._no_patch_grid_reason}")
+            losses = self.loss_function(
+                image_embeds,
+                text_embeds,
+                patch_embeds,
+                sentence_embeds,
+                sentence_mask,
+                logit_scale,
+                gaze_maps=gaze_maps,
+                has_gaze=has_gaze if gaze_maps is not None else None,
+            )
+            terms = vars(losses)
+
+        return EGMAOutput(
+            **terms,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            patch_embeds=patch_embeds,
+            sentence_embeds=sentence_embeds,
+            sentence_mask=sentence_mask,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+__all__ = ["EGMAModel", "EGMAPreTrainedModel", "EGMAOutput", "EGMAImageFeatures", "EGMATextFeatures"]

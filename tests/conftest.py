@@ -1,0 +1,81 @@
+"""Tiny random EGMA models, a tokenizer built in memory and synthetic inputs: no download anywhere."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertTokenizerFast
+
+from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
+
+WORDS = (
+    "the heart size is normal no focal consolidation pleural effusion pneumothorax lungs are clear there "
+    "a small left right lower upper lobe opacity pneumonia mild cardiomegaly edema atelectasis at base "
+    "this photo of with and in stable enlarged ."
+).split()
+
+# Swin with two stages on 32 px: 4 px patches, one merge -> a 4x4 grid of 32-d patch tokens.
+TINY_SWIN = dict(
+    model_type="swin", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4
+)
+TINY_BERT = dict(
+    model_type="bert",
+    vocab_size=5 + len(WORDS),
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=80,
+)
+GRID = 4
+IMAGE_SIZE = 32
+
+
+def make_tokenizer() -> BertTokenizerFast:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: index for index, token in enumerate(specials + WORDS)}
+    return BertTokenizerFast(vocab=vocab)
+
+
+def tiny_config(**overrides) -> EGMAConfig:
+    kwargs = dict(vision_config=dict(TINY_SWIN), text_config=dict(TINY_BERT), projection_dim=8)
+    kwargs.update(overrides)
+    return EGMAConfig(**kwargs)
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def processor(tokenizer):
+    return EGMAProcessor(image_processor=EGMAImageProcessor(size=IMAGE_SIZE, gaze_grid_size=GRID), tokenizer=tokenizer)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return EGMAModel(tiny_config(global_loss_weight=1.0)).eval()
+
+
+REPORTS = [
+    "The heart size is normal. The lungs are clear. No pleural effusion.",
+    "Small left lower lobe opacity. Pneumonia.",
+    "Mild cardiomegaly with edema.",
+]
+
+
+def make_batch(processor, seed: int = 0, gaze=(True, False, True)):
+    """Three image-report pairs with 3, 2 and 1 sentences; gaze for the samples flagged in `gaze`."""
+    rng = np.random.default_rng(seed)
+    images = [
+        (rng.random((48, 40)) * 255).astype(np.uint8),
+        rng.random((30, 36)).astype(np.float32),
+        (rng.random((40, 40)) * 65535).astype(np.uint16),
+    ]
+    counts = [3, 2, 1]
+    heatmaps = []
+    for image, count, with_gaze in zip(images, counts, gaze):
+        h, w = image.shape
+        heatmaps.append(rng.random((count, h // 2, w // 2)).astype(np.float32) if with_gaze else None)
+    return processor(images=images, text=REPORTS, gaze_heatmaps=heatmaps)
