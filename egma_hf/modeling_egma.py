@@ -133,6 +133,19 @@ class EGMAPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
+    def enable_input_require_grads(self):
+        """As transformers' version, but tolerant of towers whose patch embedding returns a tuple (Swin)."""
+
+        def make_output_require_grad(module, inputs, output):
+            (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
+
+        hooks = []
+        for tower in (getattr(self, "text_model", None), getattr(self, "vision_model", None)):
+            embeddings = tower.get_input_embeddings() if tower is not None else None
+            if embeddings is not None:
+                hooks.append(embeddings.register_forward_hook(make_output_require_grad))
+        self._require_grads_hooks = hooks
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, EGMAModel):
@@ -358,6 +371,8 @@ class EGMAModel(EGMAPreTrainedModel):
         sentence_mask = text_outputs.sentence_mask
 
         gaze_maps = None
+        if gaze_heatmaps is None and has_gaze is not None and bool(has_gaze.any()):
+            raise ValueError("has_gaze marks samples with gaze but no gaze_heatmaps were given")
         if gaze_heatmaps is not None:
             if image_embeds.shape[0] != text_embeds.shape[0]:
                 raise ValueError(

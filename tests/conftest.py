@@ -15,7 +15,8 @@ WORDS = (
 
 # Swin with two stages on 32 px: 4 px patches, one merge -> a 4x4 grid of 32-d patch tokens.
 TINY_SWIN = dict(
-    model_type="swin", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4
+    model_type="swin", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
+    drop_path_rate=0.0,
 )
 TINY_BERT = dict(
     model_type="bert",
@@ -25,6 +26,8 @@ TINY_BERT = dict(
     num_attention_heads=2,
     intermediate_size=32,
     max_position_embeddings=80,
+    hidden_dropout_prob=0.0,  # deterministic training steps in tests
+    attention_probs_dropout_prob=0.0,
 )
 GRID = 4
 IMAGE_SIZE = 32

@@ -225,3 +225,27 @@ def test_patch_grid_is_derived_from_token_counts(model):
 def test_text_features_type(model, tokenizer):
     out = model.get_text_features(**tokenizer(["edema"], return_tensors="pt"))
     assert isinstance(out, EGMATextFeatures) and out.last_hidden_state.shape[0] == 1
+
+
+def test_has_gaze_without_heatmaps_is_rejected(model, processor):
+    batch = make_batch(processor)
+    del batch["gaze_heatmaps"]
+    with pytest.raises(ValueError, match="no gaze_heatmaps"):
+        model(**batch, return_loss=True)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(processor):
+    torch.manual_seed(0)
+    model = EGMAModel(tiny_config(global_loss_weight=1.0)).train()
+    batch = make_batch(processor)
+    reference = model(**batch, return_loss=True).loss
+    reference.backward()
+    expected = model.visual_projection.weight.grad.clone()
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    for tower in (model.text_model, model.vision_model):
+        assert any(getattr(module, "gradient_checkpointing", False) for module in tower.modules())
+    loss = model(**batch, return_loss=True).loss
+    loss.backward()
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(model.visual_projection.weight.grad, expected)
