@@ -1,0 +1,52 @@
+"""Reading chest X-ray files: JPG/PNG through Pillow, DICOM through pydicom (the optional `dicom` extra)."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _dicom(path: Path, stop_before_pixels: bool):
+    try:
+        import pydicom
+    except ImportError:
+        raise ImportError(f"{path} is DICOM: install the 'dicom' extra (pip install 'egma_hf[dicom]')") from None
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() in (".dcm", ".dicom")
+
+
+def image_size_of(path) -> tuple[int, int]:
+    """(height, width) of an image file without decoding its pixels."""
+    path = Path(path)
+    if _is_dicom(path):
+        header = _dicom(path, stop_before_pixels=True)
+        return int(header.Rows), int(header.Columns)
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def load_image(path) -> np.ndarray:
+    """An X-ray file -> (H, W) float32 grayscale in [0, 1], white = dense (bone).
+
+    DICOM: scaled by the stored bit depth (`BitsStored`), inverted for MONOCHROME1. Others: 8-bit or 16-bit
+    grayscale, or RGB converted to luminance.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing image file: {path}")
+    if _is_dicom(path):
+        dataset = _dicom(path, stop_before_pixels=False)
+        pixels = dataset.pixel_array.astype(np.float32)
+        if pixels.ndim != 2:
+            raise ValueError(f"{path}: expected a single grayscale frame, got pixel array of shape {pixels.shape}")
+        pixels = np.clip(pixels / float(2 ** int(dataset.BitsStored) - 1), 0.0, 1.0)
+        if str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+            pixels = 1.0 - pixels
+        return pixels
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(image, dtype=np.float32) / 65535.0
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
