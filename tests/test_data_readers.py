@@ -287,3 +287,62 @@ def test_save_to_disk_round_trip_and_collated_batch_trains(egd_tree, tmp_path):
     assert np.unravel_index(batch["gaze_heatmaps"][0, 1].argmax().item(), (4, 4))[0] <= 1
     out = EGMAModel(tiny_config()).train()(**batch, return_loss=True)
     assert torch.isfinite(out.loss) and out.mlce_loss > 0
+
+
+def test_malformed_fixation_rows_are_counted_not_fatal(egd_tree):
+    root, images = egd_tree
+    lines = (root / "fixations.csv").read_text().splitlines()
+    broken = lines[2].split(",")
+    broken[GAZEPOINT_COLUMNS.index("FPOGX")] = "n/a"
+    (root / "fixations.csv").write_text("\n".join(lines[:2] + [",".join(broken)] + lines[3:]) + "\n")
+    data = load_egd_cxr(root, images)
+    assert data.num_rows == 2 and data[0]["num_fixations"] == 1
+    assert "1 malformed fixation rows dropped in 1 readings" in data.info.description
+
+
+def test_mimic_eye_reader_on_a_hand_built_patient_tree(egd_tree, reflacx_tree, tmp_path):
+    import shutil
+
+    from egma_hf.data import load_mimic_eye
+
+    egd_root, egd_images = egd_tree
+    reflacx_root, reflacx_images = reflacx_tree
+    root = tmp_path / "mimic-eye"
+    # patient 10000001: the EGD-CXR reading of DICOM_JPG, its JPG, split, CheXpert labels and written report
+    patient = root / "patient_10000001"
+    (patient / "EyeGaze").mkdir(parents=True)
+    for name in ("master_sheet.csv", "fixations.csv"):
+        shutil.copy(egd_root / name, patient / "EyeGaze" / name)
+    shutil.copytree(egd_root / "audio_segmentation_transcripts", patient / "EyeGaze" / "audio_segmentation_transcripts")
+    (patient / "CXR-JPG" / "s50000001").mkdir(parents=True)
+    shutil.copy(egd_images / f"files/p10/p10000001/s50000001/{DICOM_JPG}.jpg", patient / "CXR-JPG/s50000001")
+    write_csv(patient / "CXR-JPG/cxr_split.csv", ["dicom_id", "study_id", "subject_id", "split"],
+              [[DICOM_JPG, "50000001", "10000001", "validate"]])
+    write_csv(patient / "CXR-JPG/cxr_chexpert.csv", ["subject_id", "study_id", "Cardiomegaly", "Edema", "No Finding"],
+              [["10000001", "50000001", "1.0", "-1.0", ""]])
+    (patient / "CXR-DICOM").mkdir()
+    (patient / "CXR-DICOM/s50000001.txt").write_text("FINDINGS: Enlarged heart.\n\nIMPRESSION: Cardiomegaly.")
+    # patient 10000003: its REFLACX readings
+    patient = root / "patient_10000003"
+    (patient / "REFLACX").mkdir(parents=True)
+    shutil.copy(reflacx_root / "main_data/metadata_phase_3.csv", patient / "REFLACX/metadata.csv")
+    shutil.copytree(reflacx_root / "main_data", patient / "REFLACX/main_data",
+                    ignore=shutil.ignore_patterns("metadata_*"))
+    (patient / "CXR-JPG/s50000003").mkdir(parents=True)
+    shutil.copy(reflacx_images / f"files/p10/p10000003/s50000003/{DICOM_JPG}.jpg", patient / "CXR-JPG/s50000003")
+    write_csv(patient / "CXR-JPG/cxr_split.csv", ["dicom_id", "study_id", "subject_id", "split"],
+              [[DICOM_JPG, "50000003", "10000003", "train"]])
+
+    data = load_mimic_eye(root, HeatmapSettings(recipe="egd"))
+    assert data["reading_id"] == [DICOM_JPG, "P102R000001", "P103R000003"]
+    assert data["source"] == ["egd-cxr", "reflacx", "reflacx"]
+    assert data["split"] == ["validate", "train", "train"]  # cxr_split.csv wins over REFLACX's "test"
+    egd = data.with_format("numpy")[0]
+    assert egd["split"] == "validate" and list(egd["labels"]) == ["Cardiomegaly"]  # from cxr_chexpert.csv
+    assert egd["written_report"] == "FINDINGS: Enlarged heart.\n\nIMPRESSION: Cardiomegaly."
+    assert egd["image"].endswith(f"patient_10000001/CXR-JPG/s50000001/{DICOM_JPG}.jpg")
+    assert np.unravel_index(egd["sentence_heatmaps"][1].argmax(), (HEIGHT, WIDTH)) == (12, 48)
+    reflacx = data[1]
+    assert reflacx["study_id"] == "50000003" and reflacx["written_report"] == ""
+    assert reflacx["labels"] == ["Pleural abnormality"]  # no CheXpert file for this study: REFLACX's own labels
+    assert "1 readings marked eye_tracking_data_discarded skipped" in data.info.description

@@ -92,3 +92,20 @@ def test_recipe_errors():
         render_heatmaps(fixations([(1, 1, 0, 1)]), [(0, 1)], (10, 10), (5, 5), recipe="gauss")
     with pytest.raises(ValueError, match="pixels per degree"):
         render_heatmaps(fixations([(1, 1, 0, 1)]), [(0, 1)], (10, 10), (5, 5), recipe="reflacx")
+
+
+def test_overlay_png_has_one_panel_per_sentence(tmp_path):
+    from PIL import Image
+
+    from egma_hf.visualization import plot_sentence_heatmaps
+
+    image = np.linspace(0, 1, 60 * 80, dtype=np.float32).reshape(60, 80)
+    maps = render_heatmaps(fixations([(20, 15, 0, 1), (60, 45, 1, 2)], sigma=5), [(0, 1), (1, 2)], (60, 80), (30, 40),
+                           recipe="reflacx")
+    sentences = ["Opacity in the right upper zone.", "Blunted left costophrenic angle."] * 2
+    figure = plot_sentence_heatmaps(image, sentences, np.concatenate([maps, maps]), tmp_path / "overlay.png")
+    assert Image.open(tmp_path / "overlay.png").size == (3 * 320, 2 * 380)
+    assert [axis.get_title() for axis in figure.axes[:2]] == ["Opacity in the right upper zone.",
+                                                              "Blunted left costophrenic angle."]
+    with pytest.raises(ValueError, match="one 2-D heatmap per sentence"):
+        plot_sentence_heatmaps(image, sentences[:3], maps)

@@ -344,6 +344,7 @@ def _read_reflacx(
     chexpert: dict[str, list[str]] | None = None,
     study_of: Callable[[str], str] = lambda dicom_id: "",
     written_reports: Callable[[str], str] = lambda study_id: "",
+    splits: dict[str, str] | None = None,
 ) -> list[dict]:
     label_columns = [c for c in metadata.columns if c not in REFLACX_LABELS_NOT_FINDINGS]
     rows = []
@@ -377,7 +378,7 @@ def _read_reflacx(
             labels = _positive(meta, label_columns, threshold=min_certainty)
         rows.append(_build_row(
             reading_id=reading, source="reflacx", subject_id=subject_id, study_id=study_id, dicom_id=dicom_id,
-            split=str(meta["split"]), image=image, image_size=image_size, report=report,
+            split=(splits or {}).get(dicom_id, str(meta["split"])), image=image, image_size=image_size, report=report,
             written_report=written_reports(study_id), sentences=sentences, fixations=points, labels=labels,
             settings=settings,
         ))
@@ -452,7 +453,8 @@ def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty:
     `root` holds `patient_<subject_id>/` folders; each may have an `EyeGaze/` part (EGD-CXR files for that
     patient) and a `REFLACX/` part (`metadata.csv`, `main_data/<id>/`), with images in `CXR-JPG/s<study>/`,
     CheXpert labels and splits in `CXR-JPG/cxr_chexpert.csv` / `cxr_split.csv`, and the written report in
-    `CXR-DICOM/s<study>.txt`.
+    `CXR-DICOM/s<study>.txt`. The image-level split of `cxr_split.csv` wins over REFLACX's own, so that all
+    readings of one image land in the same split.
     """
     root = Path(root)
     patients = sorted(p for p in root.glob("patient_*") if p.is_dir())
@@ -487,7 +489,7 @@ def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty:
         if (patient / "REFLACX" / "metadata.csv").is_file():
             metadata = _reflacx_metadata([patient / "REFLACX" / "metadata.csv"])
             rows += _read_reflacx(metadata, patient / "REFLACX" / "main_data", find_image, settings, skips,
-                                  min_certainty, chexpert, lambda d, s=study_of: s.get(d, ""), written_report)
+                                  min_certainty, chexpert, lambda d, s=study_of: s.get(d, ""), written_report, splits)
     return _to_dataset(rows, skips, str(root))
 
 
