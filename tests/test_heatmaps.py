@@ -90,6 +90,10 @@ def test_whole_reading_window_and_empty_input():
 def test_recipe_errors():
     with pytest.raises(ValueError, match="recipe must be one of"):
         render_heatmaps(fixations([(1, 1, 0, 1)]), [(0, 1)], (10, 10), (5, 5), recipe="gauss")
+    with pytest.raises(ValueError, match="sigma in pixels and must be > 0"):
+        render_heatmaps(fixations([(1, 1, 0, 1)]), [(0, 1)], (10, 10), (5, 5), recipe=0.0)
+    fixed = render_heatmaps(fixations([(5, 5, 0, 1)]), [(0, 1)], (10, 10), (10, 10), recipe=2.0)
+    np.testing.assert_allclose(fixed[0, 5, 7], np.exp(-0.5 * (2 / 2.0) ** 2), rtol=1e-6)
     with pytest.raises(ValueError, match="pixels per degree"):
         render_heatmaps(fixations([(1, 1, 0, 1)]), [(0, 1)], (10, 10), (5, 5), recipe="reflacx")
 

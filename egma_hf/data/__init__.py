@@ -5,7 +5,7 @@ from .batching import EGMADataCollator, with_gaze_fraction
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
 from .images import image_size_of, load_image
 from .readers import FEATURES, HeatmapSettings, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
-# from .synthetic import make_synthetic_mimic_eye  # TODO re-enable
+from .synthetic import make_synthetic_mimic_eye
 
 __all__ = [
     "FEATURES",

@@ -12,8 +12,10 @@ Three recipes for the Gaussian's width, all in original-image pixels:
 - `"reflacx"`: sigma = 1 degree of visual angle per fixation (REFLACX's `angular_resolution_*_pixels_per_degree`),
   limited to the part of the image shown on screen at that moment.
 - `"egd"`: fixed sigma = 150 px, EGD-CXR's official `gaussian_filter(sigma=150)`.
+A number instead of a name is a fixed sigma in pixels (e.g. for images far smaller than the ~3000 px originals).
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +104,7 @@ def render_heatmaps(
     windows: list[tuple[float, float]],
     image_size: tuple[int, int],
     out_shape: tuple[int, int],
-    recipe: str = "egma",
+    recipe: str | float = "egma",
     gaze_lead: float = 0.0,
 ) -> np.ndarray:
     """One heatmap per time window -> (S, h, w) float32, each scaled to max 1 (all zero without fixations).
@@ -112,17 +114,22 @@ def render_heatmaps(
         windows: (start, end) seconds per sentence; use (-inf, inf) for a whole-reading map.
         image_size: (H, W) of the original image the coordinates refer to.
         out_shape: (h, w) of the maps, normally `heatmap_shape(image_size, longest_side)`.
-        recipe: "egma", "reflacx" or "egd" (module docstring).
+        recipe: "egma", "reflacx" or "egd" (module docstring), or a fixed sigma in image pixels.
         gaze_lead: seconds by which gaze precedes speech; each window is shifted that much earlier.
     """
-    if recipe not in RECIPE_SIGMAS:
-        raise ValueError(f"recipe must be one of {sorted(RECIPE_SIGMAS)}, got {recipe!r}")
+    if isinstance(recipe, (int, float)) and not isinstance(recipe, bool):
+        if not (math.isfinite(recipe) and recipe > 0):
+            raise ValueError(f"a numeric recipe is a Gaussian sigma in pixels and must be > 0, got {recipe}")
+        sigma = float(recipe)
+    elif recipe in RECIPE_SIGMAS:
+        sigma = RECIPE_SIGMAS[recipe]
+    else:
+        raise ValueError(f"recipe must be one of {sorted(RECIPE_SIGMAS)} or a sigma in pixels, got {recipe!r}")
     height, width = image_size
     out_h, out_w = out_shape
     maps = np.zeros((len(windows), out_h, out_w), np.float32)
     if len(fixations) == 0 or len(windows) == 0:
         return maps
-    sigma = RECIPE_SIGMAS[recipe]
     if sigma is None:
         if fixations.sigma_x is None or fixations.sigma_y is None:
             raise ValueError("the 'reflacx' recipe needs per-fixation pixels per degree (sigma_x, sigma_y)")

@@ -70,9 +70,10 @@ REFLACX_LABELS_NOT_FINDINGS = {
 
 @dataclass
 class HeatmapSettings:
-    """How sentence heatmaps are made: recipe ("egma", "reflacx", "egd"), longer side in pixels, gaze lead (s)."""
+    """How sentence heatmaps are made: recipe ("egma", "reflacx", "egd" or a sigma in pixels), the maps' longer
+    side in pixels, and how many seconds gaze leads speech."""
 
-    recipe: str = "egma"
+    recipe: str | float = "egma"
     heatmap_size: int = 64
     gaze_lead: float = 0.0
 
