@@ -51,8 +51,10 @@ class EGMAConfig(PreTrainedConfig):
             Weight of the sentence->patch MLCE; patch->sentence gets `1 - mlce_s2p_weight`. Released code: 0.8.
         mlce_reduction (`"batch"` or `"gaze_samples"`, defaults to `"batch"`):
             Divide the summed MLCE by the batch size (paper, Eq. 6) or by the number of samples with gaze (code).
-        gaze_label_threshold (`float`, defaults to 0.0):
-            A patch is a positive gaze label for a sentence when its pooled heatmap value exceeds this (paper: > 0).
+        gaze_label_threshold (`float`, defaults to 1/255):
+            A patch is a positive gaze label for a sentence when its pooled heatmap (scaled to max 1) exceeds this.
+            The paper's rule is `> 0` on 8-bit heatmap images, where anything below one grey level is 0; 1/255 is
+            that rule on float heatmaps, whose Gaussian tails would otherwise make nearly every patch positive.
         fine_grained_t2i_softmax_over (`"images"` or `"texts"`, defaults to `"images"`):
             The text->image fine-grained term normalises over images (paper) or over texts (released code).
         egm_threshold (`float`, defaults to 3/7):
@@ -92,7 +94,7 @@ class EGMAConfig(PreTrainedConfig):
 
     mlce_s2p_weight: float = 0.5
     mlce_reduction: Literal["batch", "gaze_samples"] = "batch"
-    gaze_label_threshold: float | int = 0.0
+    gaze_label_threshold: float | int = 1 / 255
     fine_grained_t2i_softmax_over: Literal["images", "texts"] = "images"
     egm_threshold: float | int = 3 / 7
     egm_eps: float | int = 0.01

@@ -76,7 +76,9 @@ def fit_to_square(array: torch.Tensor, image_size: tuple[int, int], size: int) -
     new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
     lead = array.shape[:-2]
     flat = array.reshape(-1, 1, *array.shape[-2:]).float()
-    resized = F.interpolate(flat, size=(new_height, new_width), mode="bilinear", align_corners=False, antialias=True)
+    shrinking = new_height < flat.shape[-2] or new_width < flat.shape[-1]  # anti-aliasing only matters then
+    resized = F.interpolate(flat, size=(new_height, new_width), mode="bilinear", align_corners=False,
+                            antialias=shrinking)
     top, left = (size - new_height) // 2, (size - new_width) // 2
     square = resized.new_zeros(flat.shape[0], 1, size, size)
     square[..., top : top + new_height, left : left + new_width] = resized

@@ -11,7 +11,7 @@ Terms:
 - `multilabel_categorical_crossentropy` + `gaze_mlce_loss`: EGF's sentence<->patch MLCE against gaze labels (Eq. 4).
 - `fine_grained_similarity` + `fine_grained_contrastive_loss`: EGF's FILIP-style instance scores (Eqs. 5-6).
 - `gaze_mapping_loss`: EGM, the gaze-weighted cross-modal mapping contrast (Eqs. 7-9).
-- `EGMALoss`: the weighted sum, configured from `EGMAConfig`.
+- `EGMALoss`: the weighted sum, configured from `EGMAConfig`; over several processes it gathers the global batch.
 
 Every loss is computed in at least float32, whatever the autocast dtype of its inputs.
 """
@@ -21,17 +21,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .distributed import gather_padded, gather_with_grad, sum_over_ranks, world_info
+
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """Half-precision (autocast) tensors -> float32; float32/float64 unchanged."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-def clip_contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of a square (B, B) logit matrix whose diagonal holds the matching pairs. Returns a scalar."""
-    logits = _full(logits_per_image)
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+def clip_contrastive_loss(
+    logits_per_image: torch.Tensor, logits_per_text: torch.Tensor | None = None, targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE. Returns a scalar.
+
+    One process: `logits_per_image` is a square (B, B) matrix whose diagonal holds the matching pairs, and
+    `logits_per_text` defaults to its transpose. Over a gathered global batch of G pairs (see `EGMALoss`):
+    `logits_per_image` (B, G) scores the local images against all texts, `logits_per_text` (B, G) the local texts
+    against all images, and `targets` (B,) holds each local pair's index in the global batch.
+    """
+    logits_per_image = _full(logits_per_image)
+    logits_per_text = logits_per_image.t() if logits_per_text is None else _full(logits_per_text)
+    if targets is None:
+        targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
 
 
 def _masked_mlce(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,12 +104,12 @@ def gaze_mlce_loss(
         patch_embeds: (B, N, D); sentence_embeds: (B, M, D); sentence_mask: (B, M) bool.
         gaze_labels: (B, M, N) bool; has_gaze: (B,) bool; logit_scale: scalar T.
         reduction: "batch" divides the sum by B (paper, Eq. 6); "gaze_samples" by the number of gaze samples
-            (released code; 0 when none has gaze).
+            (released code; 0 when none has gaze); "sum" returns the sum, for callers that normalise it themselves.
     Returns:
         Scalar loss.
     """
-    if reduction not in ("batch", "gaze_samples"):
-        raise ValueError(f"reduction must be 'batch' or 'gaze_samples', got {reduction!r}")
+    if reduction not in ("batch", "gaze_samples", "sum"):
+        raise ValueError(f"reduction must be 'batch', 'gaze_samples' or 'sum', got {reduction!r}")
     scores = _full(logit_scale) * _full(sentence_embeds) @ _full(patch_embeds).transpose(1, 2)  # (B, M, N)
     mask = sentence_mask.float()
 
@@ -109,6 +121,8 @@ def gaze_mlce_loss(
     per_sample = torch.where(has_gaze, s2p_weight * s2p + (1.0 - s2p_weight) * p2s, torch.zeros_like(s2p))
     if reduction == "batch":
         return per_sample.sum() / per_sample.shape[0]
+    if reduction == "sum":
+        return per_sample.sum()
     return per_sample.sum() / has_gaze.sum().clamp_min(1)
 
 
@@ -150,14 +164,23 @@ def fine_grained_similarity(
 
 
 def fine_grained_contrastive_loss(
-    image_to_text: torch.Tensor, text_to_image: torch.Tensor, t2i_softmax_over: str = "images"
+    image_to_text: torch.Tensor,
+    text_to_image: torch.Tensor,
+    t2i_softmax_over: str = "images",
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """EGF's instance contrast on the fine-grained scores (second half of Eq. 6). Inputs (B, B), diagonal = pairs.
+    """EGF's instance contrast on the fine-grained scores (second half of Eq. 6); entry [k, l] is image k vs report l.
 
     The image->text term normalises each image's row over reports. The text->image term normalises each report's
     scores over images (`"images"`, paper) or, as the released code does, over reports (`"texts"`).
+
+    One process: both inputs are (B, B) with the pairs on the diagonal. Over a gathered global batch of G pairs (see
+    `EGMALoss`): `image_to_text` (B, G) scores the local images against all reports; `text_to_image` is (G, B), all
+    images against the local reports, for `"images"`, or (B, G) for `"texts"`; `targets` (B,) holds each local
+    pair's index in the global batch.
     """
-    targets = torch.arange(image_to_text.shape[0], device=image_to_text.device)
+    if targets is None:
+        targets = torch.arange(image_to_text.shape[0], device=image_to_text.device)
     image_to_text, text_to_image = _full(image_to_text), _full(text_to_image)
     loss_i2t = F.cross_entropy(image_to_text, targets)
     if t2i_softmax_over == "images":
@@ -286,10 +309,34 @@ class EGMALoss:
     """EGMA's total loss, `sum(weight * term)`, with the recipe read from an `EGMAConfig`.
 
     A term whose weight is 0 is not computed. Call it with L2-normalised embeddings of B matching pairs.
+
+    Several processes (torch.distributed, world size W, rank r holding pairs r * B ... r * B + B - 1 of a global
+    batch of G = W * B): the contrastive terms (global InfoNCE, fine-grained contrast) score the local pairs against
+    all G pairs, gathered with gradients, as open_clip's `--gather-with-grad --local-loss`. MLCE and EGM have no
+    cross-sample terms and see the local pairs only. Every rank must call the loss at the same time with the same B.
+
+    Why this matches one process on the global batch: each rank's loss is the mean over its own rows (for the
+    "gaze_samples" MLCE: W * local sum / global gaze count), so the mean of the W rank losses is the 1-process loss.
+    The gather's backward sums, into each rank's embeddings, the gradients that all W rank losses send them, and DDP
+    averages parameter gradients over the ranks, so every rank ends up with the gradient of that mean.
+
+    Args:
+        config: `EGMAConfig` with the loss recipe.
+        gather_with_grad: True gathers over the initialised process group (identity with one process), False never
+            gathers, None (default) gathers when torch.distributed is initialised with world size > 1.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, gather_with_grad: bool | None = None):
         self.config = config
+        self.gather_with_grad = gather_with_grad
+
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size) to gather over; (0, 1) for the local batch alone."""
+        if self.gather_with_grad is False:
+            return 0, 1
+        if self.gather_with_grad and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError("EGMALoss(gather_with_grad=True) needs an initialised torch.distributed process group")
+        return world_info()
 
     def __call__(
         self,
@@ -305,37 +352,61 @@ class EGMALoss:
         """
         Args:
             image_embeds, text_embeds: (B, D) global embeddings.
-            patch_embeds: (B, N, D); sentence_embeds: (B, M, D); sentence_mask: (B, M) bool.
+            patch_embeds: (B, N, D); sentence_embeds: (B, M, D); sentence_mask: (B, M) bool. M may differ by rank.
             logit_scale: scalar T (already exponentiated and clamped).
             gaze_maps: (B, M, N) in [0, 1] or None; has_gaze: (B,) bool or None (None = no sample has gaze).
         """
         config = self.config
+        rank, world_size = self._world()
+        gathering = world_size > 1
+        batch = image_embeds.shape[0]
+        targets = rank * batch + torch.arange(batch, device=image_embeds.device)  # local pairs' global indices
         if gaze_maps is None or has_gaze is None or not bool(has_gaze.any()):
             gaze_maps, has_gaze = None, None
         terms = {}
         if config.global_loss_weight > 0:
-            logits_per_image = logit_scale * _full(image_embeds) @ _full(text_embeds).t()
-            terms["global_loss"] = clip_contrastive_loss(logits_per_image)
-        if config.mlce_loss_weight > 0 and has_gaze is None:
-            terms["mlce_loss"] = image_embeds.new_zeros((), dtype=torch.float32)  # no gaze in this batch
-        elif config.mlce_loss_weight > 0:
-            terms["mlce_loss"] = gaze_mlce_loss(
-                patch_embeds,
-                sentence_embeds,
-                sentence_mask,
-                gaze_labels_from_maps(gaze_maps, config.gaze_label_threshold),
-                has_gaze,
-                logit_scale,
-                s2p_weight=config.mlce_s2p_weight,
-                reduction=config.mlce_reduction,
-            )
+            images, texts = _full(image_embeds), _full(text_embeds)
+            if gathering:
+                terms["global_loss"] = clip_contrastive_loss(
+                    logit_scale * images @ gather_with_grad(texts).t(),
+                    logit_scale * texts @ gather_with_grad(images).t(),
+                    targets,
+                )
+            else:
+                terms["global_loss"] = clip_contrastive_loss(logit_scale * images @ texts.t())
+        if config.mlce_loss_weight > 0:
+            # Over several processes, "gaze_samples" divides by the global number of gaze samples.
+            count_globally = gathering and config.mlce_reduction == "gaze_samples"
+            if has_gaze is None:
+                mlce = image_embeds.new_zeros((), dtype=torch.float32)  # no gaze in this batch
+            else:
+                mlce = gaze_mlce_loss(
+                    patch_embeds,
+                    sentence_embeds,
+                    sentence_mask,
+                    gaze_labels_from_maps(gaze_maps, config.gaze_label_threshold),
+                    has_gaze,
+                    logit_scale,
+                    s2p_weight=config.mlce_s2p_weight,
+                    reduction="sum" if count_globally else config.mlce_reduction,
+                )
+            if count_globally:  # every rank joins the count, gaze of its own or not
+                local_count = torch.as_tensor(0 if has_gaze is None else has_gaze.sum(), device=image_embeds.device)
+                mlce = mlce * world_size / sum_over_ranks(local_count).clamp_min(1)
+            terms["mlce_loss"] = mlce
         if config.fine_grained_loss_weight > 0:
-            image_to_text, text_to_image = fine_grained_similarity(
-                patch_embeds, sentence_embeds, sentence_mask, logit_scale
-            )
-            terms["fine_grained_loss"] = fine_grained_contrastive_loss(
-                image_to_text, text_to_image, config.fine_grained_t2i_softmax_over
-            )
+            over = config.fine_grained_t2i_softmax_over
+            all_sentences, all_mask = sentence_embeds, sentence_mask
+            if gathering:
+                all_sentences = gather_padded(sentence_embeds, dim=1, fill=0.0, with_grad=True)
+                all_mask = gather_padded(sentence_mask, dim=1, fill=False, with_grad=False)
+            # (B, G): the local images against all reports
+            image_to_text, text_to_image = fine_grained_similarity(patch_embeds, all_sentences, all_mask, logit_scale)
+            if gathering and over == "images":  # each local report's z^T over all images: (G, B)
+                _, text_to_image = fine_grained_similarity(
+                    gather_with_grad(patch_embeds), sentence_embeds, sentence_mask, logit_scale
+                )
+            terms["fine_grained_loss"] = fine_grained_contrastive_loss(image_to_text, text_to_image, over, targets)
         if config.egm_loss_weight > 0:
             terms["egm_loss"] = gaze_mapping_loss(
                 patch_embeds,

@@ -346,3 +346,22 @@ def test_mimic_eye_reader_on_a_hand_built_patient_tree(egd_tree, reflacx_tree, t
     assert reflacx["study_id"] == "50000003" and reflacx["written_report"] == ""
     assert reflacx["labels"] == ["Pleural abnormality"]  # no CheXpert file for this study: REFLACX's own labels
     assert "1 readings marked eye_tracking_data_discarded skipped" in data.info.description
+
+
+def test_prepared_rows_collate_to_the_same_batch(egd_tree):
+    import torch
+
+    from egma_hf import EGMAImageProcessor, EGMAProcessor
+    from egma_hf.data import prepare_for_training
+
+    root, images = egd_tree
+    data = load_egd_cxr(root, images)
+    processor = EGMAProcessor(EGMAImageProcessor(size=32, gaze_grid_size=4), make_tokenizer())
+    collate = EGMADataCollator(processor)
+    direct = collate([data[0], data[1]])
+    prepared = prepare_for_training(data, processor.image_processor)
+    fast = collate([prepared[0], prepared[1]])
+    assert direct.keys() == fast.keys()
+    for key in direct:
+        atol = 2e-2 if key == "pixel_values" else 1e-6  # pixels are cached as float16
+        torch.testing.assert_close(fast[key].to(direct[key].dtype), direct[key], atol=atol, rtol=0)
