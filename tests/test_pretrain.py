@@ -1,0 +1,133 @@
+"""examples/pretrain.py end to end: a tiny run, exact resume after SIGKILL, two real processes, bad settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "pretrain.py"
+TINY = ["--synthetic_samples", "48", "--batch_size", "8", "--epochs", "2", "--eval_every", "3",
+        "--checkpoint_every", "2", "--warmup_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("egma-cache"))
+
+
+def run(args, cache, timeout=300, launcher=(sys.executable,)):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    result = subprocess.run([*launcher, str(SCRIPT), *args, "--cache_dir", cache], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_tiny_run_saves_a_model_the_pipeline_loads(tmp_path, cache):
+    from PIL import Image
+    from transformers import pipeline
+
+    import egma_hf  # noqa: F401  (registers EGMA with the Auto classes)
+
+    out = tmp_path / "run"
+    log = run([*TINY, "--output_dir", str(out)], cache)
+    assert "processes 1, global batch 8" in log
+    results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 <= results["test"]["mean_auroc"] <= 1.0 and results["best_step"] is not None
+    assert json.loads((out / "training_config.json").read_text())["losses"] == "egma"
+    assert "pipeline_tag: zero-shot-image-classification" in (out / "README.md").read_text()
+    classifier = pipeline("zero-shot-image-classification", model=str(out))
+    image = next(Path(cache).glob("synthetic-48-seed0/patient_*/CXR-JPG/s*/*.jpg"))
+    scores = classifier(Image.open(image), candidate_labels=["pleural effusion", "no pleural effusion"])
+    assert abs(sum(s["score"] for s in scores) - 1.0) < 1e-4
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, cache):
+    reference = tmp_path / "uninterrupted"
+    run([*TINY, "--output_dir", str(reference)], cache)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--output_dir", str(killed), "--cache_dir", cache],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_0000004").is_dir() and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.safetensors").exists()  # it really died mid-run
+
+    log = run([*TINY, "--output_dir", str(killed), "--resume", "latest"], cache)
+    assert "resumed from" in log
+    expected, actual = weights(reference), weights(killed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0)
+
+
+def test_two_processes_report_the_global_batch(tmp_path, cache):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    log = run([*TINY, "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2"], cache, launcher=launcher)
+    assert "processes 2, global batch 16" in log
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--gaze_fraction", "1.5"], "--gaze_fraction must be in [0, 1]"),
+        (["--data", "/nonexistent/mimic-eye"], "--data: /nonexistent/mimic-eye does not exist"),
+        (["--init_from", "/nonexistent/model"], "--init_from: /nonexistent/model does not exist"),
+        (["--vision_model", "./no-such-dir", "--text_model", "./no-such-dir"], "--vision_model: ./no-such-dir does not exist"),
+    ],
+)
+def test_bad_settings_stop_before_training(tmp_path, args, message):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import pretrain
+
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        pretrain.main([*args, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_of_a_different_run_is_refused(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import pretrain
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training_config.json").write_text(json.dumps({**vars(pretrain.parse_args([])), "lr": 1.0}))
+    with pytest.raises(SystemExit, match=r"holds a different run \(settings differ: \['lr', 'output_dir'\]\)"):
+        pretrain.main(["--output_dir", str(out)])
+    (out / "training_config.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty and holds no run"):
+        pretrain.main(["--output_dir", str(out)])
+
+
+def test_config_file_equals_flags(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import pretrain
+
+    (tmp_path / "run.yaml").write_text("lr: 0.0005\nlosses: egf\ngaze_fraction: 0.1\n")
+    from_file = pretrain.parse_args(["--config", str(tmp_path / "run.yaml")])
+    from_flags = pretrain.parse_args(["--lr", "0.0005", "--losses", "egf", "--gaze_fraction", "0.1"])
+    assert {k: v for k, v in vars(from_file).items() if k != "config"} == {k: v for k, v in vars(from_flags).items() if k != "config"}
+    assert pretrain.parse_args(["--config", str(tmp_path / "run.yaml"), "--lr", "0.01"]).lr == 0.01
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--config", str(tmp_path / "bad.yaml")])
