@@ -131,3 +131,44 @@ def test_config_file_equals_flags(tmp_path):
     (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--config", str(tmp_path / "bad.yaml")])
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("egma", (1.0, 1.0, 1.0, 1.0)), ("egf", (1.0, 1.0, 1.0, 0.0)), ("egm", (1.0, 0.0, 0.0, 1.0)),
+    ("mlce", (1.0, 1.0, 0.0, 0.0)), ("no_gaze", (1.0, 0.0, 1.0, 0.0)), ("clip", (1.0, 0.0, 0.0, 0.0)),
+])
+def test_loss_presets_set_the_ablation_weights(tmp_path, preset, expected):
+    import datasets
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import pretrain
+
+    args = pretrain.parse_args(["--losses", preset])
+    train = datasets.Dataset.from_dict({"report": ["No effusion. Small left opacity."]})
+    model, _ = pretrain.build_model_and_processor(args, train, tmp_path)
+    config = model.config
+    assert (config.global_loss_weight, config.mlce_loss_weight, config.fine_grained_loss_weight,
+            config.egm_loss_weight) == expected
+
+
+def test_gaze_fraction_zero_trains_without_gaze(tmp_path, cache):
+    log = run([*TINY, "--output_dir", str(tmp_path / "nogaze"), "--gaze_fraction", "0", "--max_steps", "2"], cache)
+    assert "gaze kept on 0 training readings" in log
+
+
+def test_a_non_finite_loss_stops_the_run_and_names_the_batch(tmp_path, cache, monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import pretrain
+
+    from egma_hf.losses import EGMALoss
+
+    original = EGMALoss.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(EGMALoss, "__call__", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 on readings \[.+\]: \{'loss': nan"):
+        pretrain.main([*TINY, "--output_dir", str(tmp_path / "nan"), "--cache_dir", cache])

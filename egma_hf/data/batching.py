@@ -31,7 +31,8 @@ def prepare_for_training(dataset: datasets.Dataset, image_processor, num_proc: i
     """Decode, resize and normalise every image once, and pool every sentence heatmap to the patch grid once.
 
     Adds `pixel_values` (size, size) float16, one channel (the model's three are copies) and `gaze_grid`
-    (sentences, g, g) float32, so training batches need no image decoding. `datasets` caches the result.
+    (sentences, g, g) float32, so training batches need no image decoding, and drops the full-size heatmaps that
+    `gaze_grid` replaces. `datasets` caches the result.
     """
 
     def prepare(rows):
@@ -44,8 +45,11 @@ def prepare_for_training(dataset: datasets.Dataset, image_processor, num_proc: i
     features["pixel_values"] = datasets.Array2D((image_processor.size, image_processor.size), "float16")
     grid = image_processor.gaze_grid_size
     features["gaze_grid"] = datasets.List(datasets.Array2D((grid, grid), "float32"))
-    return dataset.map(prepare, batched=True, batch_size=32, features=features, num_proc=num_proc,
-                       desc="preparing images and gaze grids")
+    prepared = dataset.map(prepare, batched=True, batch_size=32, features=features, num_proc=num_proc,
+                           desc="preparing images and gaze grids")
+    prepared = prepared.remove_columns(["sentence_heatmaps", "reading_heatmap"])  # pooled into gaze_grid now
+    # rows hand these two columns out as numpy arrays (no Python lists of floats on the training hot path)
+    return prepared.with_format("numpy", columns=["pixel_values", "gaze_grid"], output_all_columns=True)
 
 
 class EGMADataCollator:
