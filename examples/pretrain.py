@@ -258,6 +258,15 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def peak_memory_mb() -> float:
+    """Peak GPU memory of this process, or its peak resident memory on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def evaluate(model, tokenizer, dataset, collate, batch_size) -> dict:
     batches = (collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])["pixel_values"]
                for start in range(0, len(dataset), batch_size))
@@ -376,7 +385,7 @@ def main(argv=None):
             state["step"] += 1
             progress.update(1)
             logs = {**terms, "logit_scale": unwrapped.logit_scale.exp().item(), "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": samples / (time.perf_counter() - started)}
+                    "samples_per_s": samples / (time.perf_counter() - started), "memory_mb": peak_memory_mb()}
             progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{logs['logit_scale']:.1f}")
             accelerator.log(logs, step=state["step"])
             if "validate" in prepared and (state["step"] % eval_every == 0 or state["step"] == total_steps):

@@ -172,3 +172,16 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_batch(tmp_path, cache, mo
     monkeypatch.setattr(EGMALoss, "__call__", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 on readings \[.+\]: \{'loss': nan"):
         pretrain.main([*TINY, "--output_dir", str(tmp_path / "nan"), "--cache_dir", cache])
+
+
+def test_bf16_run_logs_to_tensorboard(tmp_path, cache):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                "--mixed_precision", "bf16", "--dynamo_backend", "no")
+    out = tmp_path / "bf16"
+    run([*TINY, "--output_dir", str(out), "--max_steps", "2", "--report_to", "tensorboard"], cache, launcher=launcher)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.glob("egma*")))).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "egm_loss", "mlce_loss", "logit_scale", "lr", "samples_per_s", "memory_mb"} <= tags
+    assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("loss"))
