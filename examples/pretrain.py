@@ -65,7 +65,7 @@ TINY_VISION = dict(model_type="timm_wrapper", architecture="resnet10t", model_ar
 TINY_IMAGE_SIZE = 112
 TINY_TEXT = dict(model_type="bert", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=128, max_position_embeddings=80)
-RESUME_INSENSITIVE = {"resume", "max_steps_this_run", "report_to", "num_workers"}
+RESUME_INSENSITIVE = {"resume", "max_steps_this_run", "report_to", "num_workers", "num_threads"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--no_gather_with_grad", action="store_true", help="contrast against the local batch only")
     add("--report_to", choices=["none", "tensorboard"], default="none")
     add("--num_workers", type=int, default=0)
+    add("--num_threads", type=int, default=None,
+        help="CPU threads for one process on a CPU (default: all cores; accelerate launch would otherwise set 1)")
     add("--max_steps_this_run", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
     args = parser.parse_args(argv)
     if args.config:
@@ -277,7 +279,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.losses in ("no_gaze", "clip"):
         args.gaze_fraction = 0.0
-    check_args(args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         # several processes on a machine without GPUs (`accelerate launch --multi_gpu` starts them through torchrun):
@@ -289,6 +290,10 @@ def main(argv=None):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    check_args(args)
+    accelerator.wait_for_everyone()  # every rank has checked the output dir before the main process writes to it
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
+        torch.set_num_threads(args.num_threads or len(os.sched_getaffinity(0)))
     set_seed(args.seed)
     if accelerator.is_main_process:
         if args.overwrite_output_dir and output_dir.exists() and not args.resume:
