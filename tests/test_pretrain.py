@@ -185,3 +185,31 @@ def test_bf16_run_logs_to_tensorboard(tmp_path, cache):
     tags = set(events.Tags()["scalars"])
     assert {"loss", "egm_loss", "mlce_loss", "logit_scale", "lr", "samples_per_s", "memory_mb"} <= tags
     assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("loss"))
+
+
+def test_pretrained_towers_continued_pretraining_and_a_real_data_root(tmp_path, cache):
+    """--vision_model/--text_model from local dirs, then --init_from that run, on --data pointing at a MIMIC-EYE root."""
+    from egma_hf import EGMAModel
+    from tests.conftest import TINY_BERT, make_tokenizer, tiny_config
+
+    reference = EGMAModel(tiny_config(text_config=dict(TINY_BERT, vocab_size=make_tokenizer().vocab_size)))
+    reference.vision_model.save_pretrained(tmp_path / "vision")
+    reference.text_model.save_pretrained(tmp_path / "text")
+    make_tokenizer().save_pretrained(tmp_path / "text")
+    from egma_hf.data import make_synthetic_mimic_eye
+
+    mimic_eye = make_synthetic_mimic_eye(tmp_path / "mimic-eye", num_samples=48, seed=1)
+
+    first = tmp_path / "towers"
+    log = run([*TINY, "--output_dir", str(first), "--max_steps", "2", "--data", str(mimic_eye),
+               "--vision_model", str(tmp_path / "vision"), "--text_model", str(tmp_path / "text")], cache)
+    assert f"MIMIC-EYE {mimic_eye}" in log
+    trained = EGMAModel.from_pretrained(first)
+    assert trained.config.vision_config.embed_dim == reference.config.vision_config.embed_dim
+
+    second = tmp_path / "continued"
+    run([*TINY, "--output_dir", str(second), "--max_steps", "2", "--data", str(mimic_eye), "--init_from", str(first),
+         "--losses", "egf"], cache)
+    continued = EGMAModel.from_pretrained(second)
+    assert continued.config.egm_loss_weight == 0.0 and continued.config.mlce_loss_weight == 1.0
+    assert not torch.equal(continued.visual_projection.weight, trained.visual_projection.weight)
