@@ -146,6 +146,13 @@ class EGMAPreTrainedModel(PreTrainedModel):
                 hooks.append(embeddings.register_forward_hook(make_output_require_grad))
         self._require_grads_hooks = hooks
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        """transformers' switch reaches layers with a `gradient_checkpointing` flag; a timm tower has its own."""
+        timm_model = getattr(getattr(self, "vision_model", None), "timm_model", None)
+        if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
+            timm_model.set_grad_checkpointing(enable)
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, EGMAModel):

@@ -249,3 +249,24 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(processor):
     loss.backward()
     torch.testing.assert_close(loss, reference)
     torch.testing.assert_close(model.visual_projection.weight.grad, expected)
+
+
+def test_activation_checkpointing_reaches_a_timm_tower(tokenizer):
+    from egma_hf import EGMAImageProcessor, EGMAProcessor
+
+    torch.manual_seed(0)
+    config = EGMAConfig(vision_config=dict(model_type="timm_wrapper", architecture="resnet10t",
+                                           model_args=dict(output_stride=16)),
+                        text_config=dict(TINY_BERT), projection_dim=8, global_loss_weight=1.0)
+    model = EGMAModel(config).train()
+    batch = make_batch(EGMAProcessor(EGMAImageProcessor(size=32, gaze_grid_size=2), tokenizer))
+    reference = model(**batch, return_loss=True).loss
+    reference.backward()
+    expected = model.visual_projection.weight.grad.clone()
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.vision_model.timm_model.grad_checkpointing
+    loss = model(**batch, return_loss=True).loss
+    loss.backward()
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(model.visual_projection.weight.grad, expected)
