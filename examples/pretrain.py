@@ -160,9 +160,13 @@ def load_readings(args, accelerator) -> tuple[datasets.Dataset, str]:
         corpus = Path(args.cache_dir) / f"synthetic-{args.synthetic_samples}-seed{args.seed}"
         cached = corpus.with_name(corpus.name + f"-readings-{recipe}")
         if accelerator.is_main_process and not cached.exists():
-            if not corpus.exists():
-                make_synthetic_mimic_eye(corpus, args.synthetic_samples, args.seed)
+            if not corpus.exists():  # written aside and renamed: an interrupted generation is never mistaken for one
+                partial = corpus.with_name(corpus.name + ".tmp")
+                shutil.rmtree(partial, ignore_errors=True)
+                make_synthetic_mimic_eye(partial, args.synthetic_samples, args.seed)
+                os.replace(partial, corpus)
             settings = HeatmapSettings(recipe=12.0 if recipe == "auto" else _recipe(recipe))
+            shutil.rmtree(str(cached) + ".tmp", ignore_errors=True)
             load_mimic_eye(corpus, settings).save_to_disk(str(cached) + ".tmp")
             os.replace(str(cached) + ".tmp", cached)
         accelerator.wait_for_everyone()
