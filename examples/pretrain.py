@@ -39,6 +39,7 @@ from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
 from egma_hf.data import (
     EGMADataCollator,
     HeatmapSettings,
+    by_split,
     load_egd_cxr,
     load_mimic_eye,
     load_reflacx,
@@ -307,8 +308,8 @@ def main(argv=None):
     accelerator.wait_for_everyone()
 
     readings, source = load_readings(args, accelerator)
-    splits = {name: readings.filter(lambda s, n=name: s == n, input_columns="split") for name in ("train", "validate", "test")}
-    if len(splits["train"]) == 0:
+    splits = dict(by_split(readings))
+    if "train" not in splits:
         raise SystemExit(f"{source}: no training readings (split column values: {sorted(set(readings['split']))})")
     splits["train"] = with_gaze_fraction(splits["train"], args.gaze_fraction, seed=args.seed)
     model, processor = build_model_and_processor(args, splits["train"], output_dir)
@@ -319,7 +320,7 @@ def main(argv=None):
 
         model.loss_function = EGMALoss(model.config, gather_with_grad=False)
     with accelerator.main_process_first():
-        prepared = {name: prepare_for_training(data, processor.image_processor) for name, data in splits.items() if len(data)}
+        prepared = {name: prepare_for_training(data, processor.image_processor) for name, data in splits.items()}
     collate = EGMADataCollator(processor)
 
     def collate_with_ids(rows):
@@ -354,7 +355,7 @@ def main(argv=None):
 
     global_batch = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("data: %s; train/validate/test readings %s; gaze kept on %d training readings",
-                source, [len(splits[k]) for k in ("train", "validate", "test")], sum(splits["train"]["has_gaze"]))
+                source, [len(splits.get(k, ())) for k in ("train", "validate", "test")], sum(splits["train"]["has_gaze"]))
     logger.info("processes %d, global batch %d (%d per process x %d accumulation), %d steps, loss terms %s",
                 accelerator.num_processes, global_batch, args.batch_size, args.gradient_accumulation_steps,
                 total_steps, args.losses)
