@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .metrics import roc_auc
+
 # (positive prompts, negative prompts) for the CheXpert-style findings of the synthetic corpus and MIMIC-EYE.
 DEFAULT_CLASS_PROMPTS = {
     "Cardiomegaly": (["The heart is enlarged.", "Cardiomegaly is present."],
@@ -22,22 +24,6 @@ DEFAULT_CLASS_PROMPTS = {
     "Pneumothorax": (["There is a pneumothorax.", "A pneumothorax is seen."],
                      ["No pneumothorax.", "There is no pneumothorax."]),
 }
-
-
-def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve from ranks (ties get their average rank). labels {0,1} (n,), scores (n,)."""
-    labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        raise ValueError("AUROC needs at least one positive and one negative")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2  # 1-based average rank of a tie group
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 @torch.no_grad()
