@@ -59,3 +59,36 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_value():
     rare[0] = True  # most resamples miss the single positive: skipped and counted, not silently scored
     result = bootstrap_ci(roc_auc, rare, rng.random(30), num_samples=200, seed=0)
     assert result["skipped"] > 0 and result["num_samples"] + result["skipped"] == 200
+
+
+def test_zero_shot_classes_meet_labels_by_name_with_both_ensembles():
+    import torch
+    import torch.nn.functional as F
+
+    from egma_hf.evaluation import zero_shot_classify
+
+    axes = torch.eye(4)
+    class_embeds = {  # deliberately not in the label order below
+        "Pneumonia": torch.stack([axes[1], F.normalize(axes[1] + axes[2], dim=0)]),
+        "Normal": torch.stack([axes[0], F.normalize(axes[0] + 0.2 * axes[3], dim=0)]),
+    }
+    images = F.normalize(torch.tensor([[1.0, 0.1, 0, 0], [0.1, 1.0, 0, 0], [0, 0.3, 1.0, 0]]), dim=-1)
+    truth = np.array(["Normal", "Pneumonia", "Pneumonia"])
+    for ensemble in ("max", "mean"):
+        names, scores = zero_shot_classify(images, class_embeds, ensemble)
+        predicted = np.array(names)[scores.argmax(1).numpy()]
+        assert list(predicted) == list(truth)
+    _, max_scores = zero_shot_classify(images, class_embeds, "max")
+    torch.testing.assert_close(max_scores[2, 0], (images[2] @ class_embeds["Pneumonia"].t()).max())
+
+
+def test_retrieval_precision_both_directions():
+    import torch
+
+    from egma_hf.evaluation import retrieval_precision
+
+    image_embeds = torch.eye(3).repeat_interleave(2, 0)  # 6 images, 2 per class
+    text_embeds = torch.eye(3)  # one query per class
+    result = retrieval_precision(image_embeds, [0, 0, 1, 1, 2, 2], text_embeds, [0, 1, 2], ks=(1, 2, 5))
+    assert result["i2t"] == {1: 1.0, 2: 0.5}  # one relevant text per image; k=5 > 3 texts is skipped
+    assert result["t2i"] == pytest.approx({1: 1.0, 2: 1.0, 5: 0.4})
