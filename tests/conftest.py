@@ -82,3 +82,23 @@ def make_batch(processor, seed: int = 0, gaze=(True, False, True)):
         h, w = image.shape
         heatmaps.append(rng.random((count, h // 2, w // 2)).astype(np.float32) if with_gaze else None)
     return processor(images=images, text=REPORTS, gaze_heatmaps=heatmaps)
+
+
+# Start of subprocess scripts that must run as if egma_hf were not installed (remote-code tests).
+WITHOUT_EGMA_HF = """
+import sys
+
+
+class BlockEgmaHf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "egma_hf" or name.startswith("egma_hf."):
+            raise ImportError("egma_hf is not installed here")
+
+
+sys.meta_path.insert(0, BlockEgmaHf())
+try:
+    import egma_hf  # noqa: F401
+    raise SystemExit("egma_hf is still importable")
+except ImportError:
+    pass
+"""

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load, load_file
 
 from egma_hf import EGMAImageProcessor, EGMAModel, EGMAProcessor
-from tests.conftest import GRID, IMAGE_SIZE, make_batch, make_tokenizer, tiny_config
+from tests.conftest import GRID, IMAGE_SIZE, WITHOUT_EGMA_HF, make_batch, make_tokenizer, tiny_config
 from tests.hub_stand_in import HubStandIn
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,19 +47,8 @@ for revision in revisions:
 print(json.dumps(logits))
 """
 
-REMOTE_CODE_SCRIPT = """
-import json, sys, torch
-
-class BlockEgmaHf:
-    def find_spec(self, name, path=None, target=None):
-        if name == "egma_hf" or name.startswith("egma_hf."):
-            raise ImportError("egma_hf is not installed here")
-sys.meta_path.insert(0, BlockEgmaHf())
-try:
-    import egma_hf  # noqa: F401
-    raise SystemExit("egma_hf is still importable")
-except ImportError:
-    pass
+REMOTE_CODE_SCRIPT = WITHOUT_EGMA_HF + """
+import json, torch
 
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, pipeline
 
 from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
-from tests.conftest import TINY_BERT, TINY_SWIN, make_batch, make_tokenizer, tiny_config
+from tests.conftest import TINY_BERT, TINY_SWIN, WITHOUT_EGMA_HF, make_batch, make_tokenizer, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,21 +84,10 @@ def test_from_vision_text_pretrained_reports_a_missing_path(tmp_path):
         EGMAModel.from_vision_text_pretrained(str(tmp_path / "nope"), str(tmp_path / "nope"))
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
+REMOTE_CODE_SCRIPT = WITHOUT_EGMA_HF + textwrap.dedent(
     """
-    import sys, json
+    import json
     import torch
-
-    class BlockEgmaHf:
-        def find_spec(self, name, path=None, target=None):
-            if name == "egma_hf" or name.startswith("egma_hf."):
-                raise ImportError("egma_hf is not installed here")
-    sys.meta_path.insert(0, BlockEgmaHf())
-    try:
-        import egma_hf  # noqa: F401
-        raise SystemExit("egma_hf is still importable")
-    except ImportError:
-        pass
 
     from PIL import Image
     from transformers import AutoModel, AutoProcessor, pipeline
