@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
@@ -25,7 +26,14 @@ from .losses import (
     gaze_mlce_loss,
     multilabel_categorical_crossentropy,
 )
-from .modeling_egma import EGMAImageFeatures, EGMAModel, EGMAOutput, EGMAPreTrainedModel, EGMATextFeatures
+from .modeling_egma import (
+    EGMAForImageClassification,
+    EGMAImageFeatures,
+    EGMAModel,
+    EGMAOutput,
+    EGMAPreTrainedModel,
+    EGMATextFeatures,
+)
 from .processing_egma import EGMAProcessor, split_report_into_sentences
 
 __version__ = "0.1.0.dev0"
@@ -33,6 +41,7 @@ __version__ = "0.1.0.dev0"
 AutoConfig.register(EGMAConfig.model_type, EGMAConfig, exist_ok=True)
 AutoModel.register(EGMAConfig, EGMAModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(EGMAConfig, EGMAModel, exist_ok=True)
+AutoModelForImageClassification.register(EGMAConfig, EGMAForImageClassification, exist_ok=True)
 AutoImageProcessor.register(EGMAConfig, image_processor_classes={"torchvision": EGMAImageProcessor}, exist_ok=True)
 AutoProcessor.register(EGMAConfig, EGMAProcessor, exist_ok=True)
 
@@ -45,6 +54,7 @@ EGMAProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "EGMAConfig",
     "EGMAModel",
+    "EGMAForImageClassification",
     "EGMAPreTrainedModel",
     "EGMAOutput",
     "EGMAImageFeatures",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_egma import EGMAConfig
@@ -155,6 +155,9 @@ class EGMAPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
+        if isinstance(module, EGMAForImageClassification):
+            init.normal_(module.classifier.weight, std=self.config.initializer_range)
+            init.zeros_(module.classifier.bias)
         if isinstance(module, EGMAModel):
             init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5)
             init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5)
@@ -423,4 +426,60 @@ class EGMAModel(EGMAPreTrainedModel):
         )
 
 
-__all__ = ["EGMAModel", "EGMAPreTrainedModel", "EGMAOutput", "EGMAImageFeatures", "EGMATextFeatures"]
+class EGMAForImageClassification(EGMAPreTrainedModel):
+    """EGMA's image tower with a linear head on its pooled, un-projected feature (the paper's linear probe).
+
+    `from_pretrained(<EGMA checkpoint>, num_labels=..., problem_type=...)` keeps the pretrained image tower and
+    starts a new head; the text tower's weights are not loaded. `freeze_vision_model()` makes it a linear probe.
+    The loss follows `config.problem_type`: "multi_label_classification" (BCE on float labels, e.g. CheXpert
+    findings), "single_label_classification" (cross-entropy on class ids; binary tasks use 2 labels), or, when
+    unset, multi-label for float labels and single-label for integer labels.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: EGMAConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.vision_model.config = config.vision_config
+        self.classifier = nn.Linear(_vision_width(self.vision_model, config.vision_config), config.num_labels)
+        self.post_init()
+
+    def freeze_vision_model(self):
+        """Linear probe: only the head trains."""
+        self.vision_model.requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        """pixel_values (B, 3, H, W); labels (B,) class ids or (B, num_labels) floats -> logits (B, num_labels)."""
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+        pooled = outputs.pooler_output
+        if pooled is None:  # towers without a pooler: mean over the tokens (after any class token)
+            hidden = outputs.last_hidden_state
+            pooled = hidden.flatten(2).mean(-1) if hidden.ndim == 4 else hidden.mean(1)
+        logits = self.classifier(pooled.flatten(1))
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type or (
+                "single_label_classification" if not labels.is_floating_point() else "multi_label_classification")
+            if problem == "multi_label_classification":
+                if labels.shape != logits.shape:
+                    raise ValueError(f"multi-label labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            elif problem == "single_label_classification":
+                if labels.shape != logits.shape[:1]:
+                    raise ValueError(f"class-id labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+                loss = F.cross_entropy(logits.float(), labels.long())
+            else:
+                raise ValueError(f"problem_type {problem!r} is not supported; use multi- or single-label classification")
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None))
+
+
+__all__ = [
+    "EGMAModel",
+    "EGMAForImageClassification",
+    "EGMAPreTrainedModel",
+    "EGMAOutput",
+    "EGMAImageFeatures",
+    "EGMATextFeatures",
+]
