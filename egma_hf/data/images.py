@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..image_processing_egma import _as_grayscale
+
 
 def _dicom(path: Path, stop_before_pixels: bool):
     try:
@@ -47,6 +49,4 @@ def load_image(path) -> np.ndarray:
             pixels = 1.0 - pixels
         return pixels
     with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            return np.asarray(image, dtype=np.float32) / 65535.0
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        return _as_grayscale(image, str(path))  # the image processor's own conversion, so both agree
