@@ -2,7 +2,8 @@
 
 Importing the package registers EGMA with transformers' Auto classes, so `AutoModel`, `AutoConfig`,
 `AutoProcessor`, `AutoImageProcessor` and `pipeline("zero-shot-image-classification", model=<dir>)` load saved
-EGMA checkpoints without remote code.
+EGMA checkpoints without remote code, and registers the medical zero-shot pipeline,
+`pipeline("egma-zero-shot-image-classification", model=<dir>)` (prompt ensembles, multi-label findings).
 """
 
 from transformers import (
@@ -13,6 +14,7 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_egma import EGMAConfig
 from .image_processing_egma import EGMAImageProcessor
@@ -34,7 +36,9 @@ from .modeling_egma import (
     EGMAPreTrainedModel,
     EGMATextFeatures,
 )
+from .pipeline_egma import EGMAZeroShotImageClassificationPipeline
 from .processing_egma import EGMAProcessor, split_report_into_sentences
+from .zero_shot import ZeroShotClassifier, zero_shot_classify
 
 __version__ = "0.1.0.dev0"
 
@@ -44,6 +48,10 @@ AutoModelForZeroShotImageClassification.register(EGMAConfig, EGMAModel, exist_ok
 AutoModelForImageClassification.register(EGMAConfig, EGMAForImageClassification, exist_ok=True)
 AutoImageProcessor.register(EGMAConfig, image_processor_classes={"torchvision": EGMAImageProcessor}, exist_ok=True)
 AutoProcessor.register(EGMAConfig, EGMAProcessor, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "egma-zero-shot-image-classification", pipeline_class=EGMAZeroShotImageClassificationPipeline,
+    pt_model=AutoModel, type="multimodal",
+)
 
 # save_pretrained copies the code next to the weights, so trust_remote_code=True works without egma_hf installed.
 EGMAConfig.register_for_auto_class()
@@ -61,6 +69,9 @@ __all__ = [
     "EGMATextFeatures",
     "EGMAImageProcessor",
     "EGMAProcessor",
+    "EGMAZeroShotImageClassificationPipeline",
+    "ZeroShotClassifier",
+    "zero_shot_classify",
     "EGMALoss",
     "EGMALossOutput",
     "split_report_into_sentences",

@@ -1,119 +1,154 @@
-"""Zero-shot evaluation and retrieval from EGMA's global embeddings. Classes and labels always meet by name.
+"""Evaluating EGMA's global embeddings: zero-shot classification, retrieval and their metrics with bootstrap
+confidence intervals. Classes and labels always meet by name.
 
-- `zero_shot_auroc`: multi-label, each finding scored by a positive vs a negative prompt set (CheXzero-style):
-  cos(image, positive) - cos(image, negative), so the words a finding and its negation share cancel.
-- `zero_shot_classify`: single-label, each class a list of prompts, ensembled by the max over prompts (the
-  paper's, after MedCLIP) or by the mean of normalised prompt embeddings (open_clip's).
-- `retrieval_precision`: the paper's Precision@K in both directions (Sec. 5.1).
+- `embed_images`: batched, normalised image embeddings.
+- `evaluate_single_label` / `evaluate_multi_label`: metrics of a `ZeroShotClassifier` (or any class scores) on
+  labelled images; a constant predictor is flagged and compared with the majority-class baseline.
+- `zero_shot_auroc`: per-finding AUROC of positive-vs-negative prompt scores (used for model selection in
+  pre-training).
+- `retrieval_metrics`: the paper's Precision@K in both directions (Sec. 5.1), and Recall@K.
 """
+
+from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .metrics import precision_at_k, roc_auc
-
-# (positive prompts, negative prompts) for the CheXpert-style findings of the synthetic corpus and MIMIC-EYE.
-DEFAULT_CLASS_PROMPTS = {
-    "Cardiomegaly": (["The heart is enlarged.", "Cardiomegaly is present."],
-                     ["The heart size is normal.", "No cardiomegaly."]),
-    "Edema": (["There is pulmonary edema.", "Interstitial edema is present."],
-              ["No pulmonary edema.", "There is no edema."]),
-    "Lung Opacity": (["There is a focal opacity in the lung.", "A lung opacity is seen."],
-                     ["The lungs are clear.", "No focal opacity."]),
-    "Pleural Effusion": (["There is a pleural effusion.", "A pleural effusion is present."],
-                         ["No pleural effusion.", "The costophrenic angles are sharp."]),
-    "Pneumothorax": (["There is a pneumothorax.", "A pneumothorax is seen."],
-                     ["No pneumothorax.", "There is no pneumothorax."]),
-}
+from .metrics import accuracy, bootstrap_ci, confusion_matrix, macro_f1, precision_at_k, recall_at_k, roc_auc
+from .zero_shot import ZeroShotClassifier, embed_pixel_values
 
 
 @torch.no_grad()
 def embed_images(model, image_batches) -> torch.Tensor:
     """Iterable of pixel_values (B, 3, S, S) -> (N, D) L2-normalised global image embeddings (model in eval mode)."""
     model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([F.normalize(model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float(), dim=-1)
-                      for pixels in image_batches])
-
-
-@torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Texts (one sentence each) -> (T, D) L2-normalised global text embeddings (model in eval mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=77,
-                           return_tensors="pt").to(device)
-        chunks.append(F.normalize(model.get_text_features(**tokens).pooler_output.float(), dim=-1))
+    chunks = [embed_pixel_values(model, pixels) for pixels in image_batches]
+    if not chunks:
+        raise ValueError("no images to embed")
     return torch.cat(chunks)
 
 
-def _prompt_set(model, tokenizer, prompts) -> torch.Tensor:
-    return F.normalize(embed_texts(model, tokenizer, prompts).mean(0), dim=-1)
+def _check_labels(labels, class_names, multi_label: bool) -> dict[str, int]:
+    """Single-label: every label must be a class. Multi-label: findings outside the prompt set are not scored;
+    returns their counts so the caller reports them."""
+    if len(labels) == 0:
+        raise ValueError("the evaluation set is empty")
+    seen = Counter(name for row in labels for name in row) if multi_label else Counter(labels)
+    unknown = {name: count for name, count in sorted(seen.items()) if name not in class_names}
+    if multi_label:
+        return unknown
+    if unknown:
+        raise ValueError(f"labels not in the prompt set's classes {list(class_names)}: {unknown} "
+                         "(classes are matched by name; rename the labels or the classes)")
 
 
-def zero_shot_auroc(model, tokenizer, image_batches, labels: list[list[str]], class_prompts=None) -> dict:
-    """Per-finding and mean AUROC of positive-vs-negative prompt scores.
+def evaluate_single_label(class_names, probabilities, labels, num_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Accuracy, macro-F1 (with 95% bootstrap intervals), one-vs-rest AUROC per class and a confusion matrix.
 
     Args:
-        model: an `EGMAModel`; tokenizer: its tokenizer.
-        image_batches: iterable of `pixel_values` tensors (B, 3, S, S), in the order of `labels`.
-        labels: positive label names per image.
-        class_prompts: {finding: (positive prompts, negative prompts)}; findings with no positive or no negative
-            image are skipped.
-    Returns:
-        {"auroc": {finding: value}, "mean_auroc": float, "num_images": int}
+        class_names: C names, the columns of `probabilities`.
+        probabilities: (N, C) class scores; the prediction is the first column with the highest score.
+        labels: N true class names.
+    Returns a dict; `"constant_prediction"` names the class when every image got the same prediction, and
+    `"majority_baseline"` gives what always predicting the most frequent class scores.
     """
-    class_prompts = class_prompts or DEFAULT_CLASS_PROMPTS
+    class_names = list(class_names)
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels, dtype=object)
+    _check_labels(labels, class_names, multi_label=False)
+    if probabilities.shape != (len(labels), len(class_names)):
+        raise ValueError(f"probabilities must be (images, classes) = {(len(labels), len(class_names))}, "
+                         f"got {probabilities.shape}")
+    predictions = np.asarray(class_names, dtype=object)[probabilities.argmax(1)]
+    f1 = lambda truth, predicted: macro_f1(truth, predicted, labels=class_names)  # noqa: E731
+    predicted_counts = Counter(predictions.tolist())
+    majority = Counter(labels.tolist()).most_common(1)[0][0]
+    constant = np.full(len(labels), majority, dtype=object)
+    auroc = {}
+    for column, name in enumerate(class_names):
+        truth = labels == name
+        if truth.any() and not truth.all():
+            auroc[name] = roc_auc(truth, probabilities[:, column])
+    return {
+        "num_images": len(labels),
+        "class_counts": {name: int(np.sum(labels == name)) for name in class_names},
+        "accuracy": bootstrap_ci(accuracy, labels, predictions, num_samples=num_bootstrap, seed=seed),
+        "macro_f1": bootstrap_ci(f1, labels, predictions, num_samples=num_bootstrap, seed=seed),
+        "auroc": auroc,
+        "mean_auroc": float(np.mean(list(auroc.values()))) if auroc else None,
+        "confusion_matrix": confusion_matrix(labels, predictions, class_names).tolist(),
+        "predicted_counts": {name: predicted_counts.get(name, 0) for name in class_names},
+        "constant_prediction": predictions[0] if len(predicted_counts) == 1 else None,
+        "majority_baseline": {"class": majority, "accuracy": accuracy(labels, constant),
+                              "macro_f1": f1(labels, constant)},
+    }
+
+
+def evaluate_multi_label(class_names, probabilities, labels, num_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Per-finding AUROC with 95% bootstrap intervals and their mean. labels: N lists of positive finding names;
+    findings with no positive or no negative image are listed under "skipped" (AUROC is undefined there), and
+    label names outside `class_names` are counted under "labels_not_scored"."""
+    class_names = list(class_names)
+    probabilities = np.asarray(probabilities, np.float64)
+    not_scored = _check_labels(labels, class_names, multi_label=True)
+    if probabilities.shape != (len(labels), len(class_names)):
+        raise ValueError(f"probabilities must be (images, findings) = {(len(labels), len(class_names))}, "
+                         f"got {probabilities.shape}")
+    auroc, skipped = {}, []
+    for column, name in enumerate(class_names):
+        truth = np.array([name in row for row in labels])
+        if truth.all() or not truth.any():
+            skipped.append(name)
+            continue
+        auroc[name] = bootstrap_ci(roc_auc, truth, probabilities[:, column], num_samples=num_bootstrap, seed=seed)
+    if not auroc:
+        raise ValueError(f"no finding of {class_names} has both positive and negative images")
+    return {
+        "num_images": len(labels),
+        "positive_counts": {name: int(sum(name in row for row in labels)) for name in class_names},
+        "auroc": auroc,
+        "mean_auroc": float(np.mean([value["value"] for value in auroc.values()])),
+        "skipped": skipped,
+        "labels_not_scored": not_scored,
+    }
+
+
+def zero_shot_auroc(model, tokenizer, image_batches, labels: list[list[str]], class_prompts="chexpert_findings"):
+    """Per-finding and mean AUROC of positive-vs-negative prompt scores (mean prompt ensembles), no intervals.
+
+    Returns {"auroc": {finding: value}, "mean_auroc": float, "num_images": int}; findings with no positive or no
+    negative image are left out.
+    """
+    classifier = ZeroShotClassifier.from_prompts(model, tokenizer, class_prompts, ensemble="mean")
+    if not classifier.multi_label:
+        raise ValueError("zero_shot_auroc needs (positive, negative) prompt pairs per finding")
     image_embeds = embed_images(model, image_batches)
     if len(image_embeds) != len(labels):
         raise ValueError(f"{len(image_embeds)} images but {len(labels)} label lists")
-    results = {}
-    for name, (positive, negative) in class_prompts.items():
+    if len(labels) == 0:
+        raise ValueError("the evaluation set is empty")
+    scores = classifier.logits(image_embeds).cpu().numpy()
+    auroc = {}
+    for column, name in enumerate(classifier.class_names):
         truth = np.array([name in row for row in labels])
-        if truth.all() or not truth.any():
-            continue
-        direction = _prompt_set(model, tokenizer, positive) - _prompt_set(model, tokenizer, negative)
-        results[name] = roc_auc(truth, (image_embeds @ direction).cpu().numpy())
-    if not results:
+        if truth.any() and not truth.all():
+            auroc[name] = roc_auc(truth, scores[:, column])
+    if not auroc:
         raise ValueError("no finding has both positive and negative images")
-    return {"auroc": results, "mean_auroc": float(np.mean(list(results.values()))), "num_images": len(labels)}
+    return {"auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))), "num_images": len(labels)}
 
 
-def zero_shot_classify(image_embeds: torch.Tensor, class_embeds: dict[str, torch.Tensor], ensemble: str = "max"):
-    """Single-label zero-shot scores.
+def retrieval_metrics(image_embeds, image_labels, text_embeds, text_labels, ks=(1, 5, 10)) -> dict:
+    """Precision@K (the paper's metric, Sec. 5.1) and Recall@K in both directions; an image's relevant texts are
+    those of its class, and vice versa. A k larger than the number of candidates is skipped.
 
-    Args:
-        image_embeds: (N, D) normalised image embeddings.
-        class_embeds: {class name: (P, D) normalised prompt embeddings}.
-        ensemble: "max" (a class scores its best prompt; the paper) or "mean" (cosine with the re-normalised mean
-            prompt embedding; open_clip).
-    Returns:
-        (class names, (N, C) scores); predictions are `names[scores.argmax(1)]`, compared with labels by name.
+    Returns {"i2t": {"precision": {k: v}, "recall": {k: v}}, "t2i": {...}}.
     """
-    if ensemble not in ("max", "mean"):
-        raise ValueError(f"ensemble must be 'max' or 'mean', got {ensemble!r}")
-    names = list(class_embeds)
-    columns = []
-    for name in names:
-        prompts = class_embeds[name]
-        if ensemble == "max":
-            columns.append((image_embeds @ prompts.t()).amax(1))
-        else:
-            columns.append(image_embeds @ F.normalize(prompts.mean(0), dim=-1))
-    return names, torch.stack(columns, 1)
-
-
-def retrieval_precision(image_embeds, image_labels, text_embeds, text_labels, ks=(1, 5, 10)) -> dict:
-    """Precision@K both ways (paper Sec. 5.1): an image's relevant texts are those of its class, and vice versa.
-
-    Returns {"i2t": {k: P@k}, "t2i": {k: P@k}}; a k larger than the candidate count is skipped.
-    """
-    scores = (image_embeds @ text_embeds.t()).cpu().numpy()
-    relevant = np.asarray(image_labels)[:, None] == np.asarray(text_labels)[None, :]
-    return {
-        "i2t": {k: precision_at_k(scores, relevant, k) for k in ks if k <= scores.shape[1]},
-        "t2i": {k: precision_at_k(scores.T, relevant.T, k) for k in ks if k <= scores.shape[0]},
-    }
+    scores = (torch.as_tensor(image_embeds) @ torch.as_tensor(text_embeds).t()).cpu().numpy()
+    relevant = np.asarray(image_labels, dtype=object)[:, None] == np.asarray(text_labels, dtype=object)[None, :]
+    result = {}
+    for direction, (s, r) in {"i2t": (scores, relevant), "t2i": (scores.T, relevant.T)}.items():
+        usable = [k for k in ks if k <= s.shape[1]]
+        result[direction] = {"precision": {k: precision_at_k(s, r, k) for k in usable},
+                             "recall": {k: recall_at_k(s, r, k) for k in usable}}
+    return result

@@ -41,6 +41,36 @@ def roc_auc(labels, scores) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates, thresholds), one point per distinct score from the highest down,
+    starting at (0, 0) with threshold +inf; the trapezoid area under it equals `roc_auc`."""
+    labels, scores = _paired(np.asarray(labels, bool), np.asarray(scores, np.float64))
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        raise ValueError("an ROC curve needs at least one positive and one negative")
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_positives = np.cumsum(sorted_labels)[last_of_group]
+    false_positives = (last_of_group + 1) - true_positives
+    return (np.r_[0.0, false_positives / negatives], np.r_[0.0, true_positives / positives],
+            np.r_[np.inf, sorted_scores[last_of_group]])
+
+
+def confusion_matrix(y_true, y_pred, labels) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class, both in the order of `labels`.
+    A value in y_true or y_pred that is not in `labels` is an error, not dropped."""
+    y_true, y_pred = _paired(y_true, y_pred)
+    labels = list(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(v) for v in np.concatenate([y_true, y_pred]) if v not in index})
+    if unknown:
+        raise ValueError(f"values not in labels {labels}: {unknown}")
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(matrix, ([index[v] for v in y_true], [index[v] for v in y_pred]), 1)
+    return matrix
+
+
 def _top_k_hits(scores, relevant, k: int) -> np.ndarray:
     scores, relevant = np.asarray(scores, np.float64), np.asarray(relevant, bool)
     if scores.shape != relevant.shape or scores.ndim != 2:

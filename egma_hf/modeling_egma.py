@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_egma import EGMAConfig
 from .losses import EGMALoss
+from .pipeline_egma import EGMAZeroShotImageClassificationPipeline
 
 AUTO_MAP = {
     "AutoConfig": "configuration_egma.EGMAConfig",
@@ -203,7 +205,10 @@ class EGMAModel(EGMAPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Both Auto keys, so the zero-shot pipeline and AutoModel load it with trust_remote_code=True.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # The medical zero-shot pipeline's code travels with every checkpoint; whether `pipeline()` offers it to
+        # remote-code users depends on `config.custom_pipelines` (set by examples/push_to_hub.py).
+        custom_object_save(EGMAZeroShotImageClassificationPipeline, save_directory)
 
     # ----------------------------------------------------------------------------------------------------------
     # Image side

@@ -7,6 +7,8 @@
 - RSNA pneumonia: the paper's version (the 8x200 "No Finding" and "Pneumonia" queries) and the released code's
   version (MedCLIP's, whose pneumonia prompts never contain the word "pneumonia"), named as such.
 - SIIM-ACR pneumothorax: the 8x200 "No Finding" and "Pneumothorax" queries.
+- Finding prompt pairs (not from the paper): a positive and a negative prompt set per CheXpert-style finding, for
+  multi-label zero-shot scoring (CheXzero-style) on MIMIC-EYE and the synthetic corpus.
 
 Typos in the originals ("apperance", "presistent", "uppper", "abormalities", "communuted") are kept so results can
 be compared with the paper's.
@@ -126,3 +128,17 @@ def rsna_prompts(version: str = "paper", per_class: int = 50, seed: int = 42) ->
 def siim_acr_prompts() -> dict[str, list[str]]:
     """{"No Finding": [...], "Pneumothorax": [...]} for SIIM-ACR zero-shot classification."""
     return {"No Finding": CHEXPERT_8X200_QUERIES["No Finding"], "Pneumothorax": CHEXPERT_8X200_QUERIES["Pneumothorax"]}
+
+
+FINDING_PROMPT_PAIRS = {  # finding -> (positive prompts, negative prompts)
+    "Cardiomegaly": (["The heart is enlarged.", "Cardiomegaly is present."],
+                     ["The heart size is normal.", "No cardiomegaly."]),
+    "Edema": (["There is pulmonary edema.", "Interstitial edema is present."],
+              ["No pulmonary edema.", "There is no edema."]),
+    "Lung Opacity": (["There is a focal opacity in the lung.", "A lung opacity is seen."],
+                     ["The lungs are clear.", "No focal opacity."]),
+    "Pleural Effusion": (["There is a pleural effusion.", "A pleural effusion is present."],
+                         ["No pleural effusion.", "The costophrenic angles are sharp."]),
+    "Pneumothorax": (["There is a pneumothorax.", "A pneumothorax is seen."],
+                     ["No pneumothorax.", "There is no pneumothorax."]),
+}

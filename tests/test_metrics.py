@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from egma_hf.metrics import accuracy, bootstrap_ci, macro_f1, precision_at_k, recall_at_k, roc_auc
+from egma_hf.metrics import (
+    accuracy,
+    bootstrap_ci,
+    confusion_matrix,
+    macro_f1,
+    precision_at_k,
+    recall_at_k,
+    roc_auc,
+    roc_curve,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -61,34 +70,38 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_value():
     assert result["skipped"] > 0 and result["num_samples"] + result["skipped"] == 200
 
 
-def test_zero_shot_classes_meet_labels_by_name_with_both_ensembles():
+def test_roc_curve_and_confusion_matrix_match_scikit_learn():
+    from sklearn.metrics import auc
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.4
+    scores = np.round(rng.normal(labels * 0.7, 1.0), 1)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    sk_fpr, sk_tpr, sk_thresholds = sk_roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thresholds[1:], sk_thresholds[1:])
+    assert auc(fpr, tpr) == pytest.approx(roc_auc(labels, scores))
+    names = ["Normal", "Pneumonia", "Effusion"]
+    truth, predicted = rng.choice(names, 80), rng.choice(names[:2], 80)
+    assert confusion_matrix(truth, predicted, names).tolist() == sk_confusion_matrix(truth, predicted, labels=names).tolist()
+    with pytest.raises(ValueError, match=r"not in labels .*'Edema'"):
+        confusion_matrix(["Edema"], ["Normal"], names)
+
+
+def test_retrieval_precision_on_a_hand_computed_example_of_the_papers_protocol():
     import torch
-    import torch.nn.functional as F
 
-    from egma_hf.evaluation import zero_shot_classify
+    from egma_hf.evaluation import retrieval_metrics
 
-    axes = torch.eye(4)
-    class_embeds = {  # deliberately not in the label order below
-        "Pneumonia": torch.stack([axes[1], F.normalize(axes[1] + axes[2], dim=0)]),
-        "Normal": torch.stack([axes[0], F.normalize(axes[0] + 0.2 * axes[3], dim=0)]),
-    }
-    images = F.normalize(torch.tensor([[1.0, 0.1, 0, 0], [0.1, 1.0, 0, 0], [0, 0.3, 1.0, 0]]), dim=-1)
-    truth = np.array(["Normal", "Pneumonia", "Pneumonia"])
-    for ensemble in ("max", "mean"):
-        names, scores = zero_shot_classify(images, class_embeds, ensemble)
-        predicted = np.array(names)[scores.argmax(1).numpy()]
-        assert list(predicted) == list(truth)
-    _, max_scores = zero_shot_classify(images, class_embeds, "max")
-    torch.testing.assert_close(max_scores[2, 0], (images[2] @ class_embeds["Pneumonia"].t()).max())
-
-
-def test_retrieval_precision_both_directions():
-    import torch
-
-    from egma_hf.evaluation import retrieval_precision
-
-    image_embeds = torch.eye(3).repeat_interleave(2, 0)  # 6 images, 2 per class
-    text_embeds = torch.eye(3)  # one query per class
-    result = retrieval_precision(image_embeds, [0, 0, 1, 1, 2, 2], text_embeds, [0, 1, 2], ks=(1, 2, 5))
-    assert result["i2t"] == {1: 1.0, 2: 0.5}  # one relevant text per image; k=5 > 3 texts is skipped
-    assert result["t2i"] == pytest.approx({1: 1.0, 2: 1.0, 5: 0.4})
+    # 2 classes x 2 query texts; 3 images (A, A, B). Similarities (rows images, columns texts a1 a2 b1 b2):
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.2],   # image A1: ranking a1 b1 b2 a2 -> P@1 1, P@2 1/2
+                           [0.3, 0.4, 0.5, 0.6],   # image A2: ranking b2 b1 a2 a1 -> P@1 0, P@2 0
+                           [0.7, 0.0, 0.1, 0.25]])  # image B: ranking a1 b2 b1 a2 -> P@1 0, P@2 1/2
+    result = retrieval_metrics(scores, ["A", "A", "B"], torch.eye(4), ["A", "A", "B", "B"], ks=(1, 2, 5))
+    assert result["i2t"]["precision"] == pytest.approx({1: 1 / 3, 2: 1 / 3})  # k=5 > 4 texts is skipped
+    assert result["i2t"]["recall"] == pytest.approx({1: 1 / 6, 2: 1 / 3})
+    # texts: a1 ranks A1 B A2 (P@1 1, P@2 1/2), a2 ranks A2 A1 B (1, 1), b1 ranks A1 A2 B (0, 0), b2 ranks A2 B A1 (0, 1/2)
+    assert result["t2i"]["precision"] == pytest.approx({1: 2 / 4, 2: 2 / 4})

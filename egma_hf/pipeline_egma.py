@@ -1,0 +1,86 @@
+"""`pipeline("egma-zero-shot-image-classification")`: medical zero-shot classification with prompt ensembles.
+
+    classifier = pipeline("egma-zero-shot-image-classification", model="path/or/hub-id")   # trust_remote_code=True
+    classifier("cxr.png", class_prompts="chexpert_5x200")                       # built-in set, single-label softmax
+    classifier(images, class_prompts={"Normal": [...], "Pneumonia": [...]}, ensemble="mean")
+    classifier("cxr.png", class_prompts="chexpert_findings")                    # multi-label, (positive, negative)
+    classifier("cxr.png", candidate_labels=["pneumonia", "no finding"], hypothesis_template="{}")  # CLIP-style
+
+Each image returns `[{"label", "score"}]` sorted by score: softmax probabilities over classes for plain prompt
+lists; for (positive, negative) prompt pairs, each finding's own probability of being present. Prompt embeddings
+are computed once per class set and reused for every image and every later call with the same set.
+The standard `pipeline("zero-shot-image-classification")` keeps working for single-label use.
+"""
+
+import json
+
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+from .zero_shot import ZeroShotClassifier, embed_pixel_values
+
+TASK = "egma-zero-shot-image-classification"
+# What `config.custom_pipelines` holds on the Hub so that `pipeline(TASK, model=repo, trust_remote_code=True)`
+# finds this class without egma_hf installed (examples/push_to_hub.py sets it).
+CUSTOM_PIPELINES = {TASK: {"impl": "pipeline_egma.EGMAZeroShotImageClassificationPipeline", "pt": ["AutoModel"],
+                           "type": "multimodal"}}
+
+
+class EGMAZeroShotImageClassificationPipeline(Pipeline):
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        self._classifiers = {}  # (prompt set, ensemble) -> ZeroShotClassifier
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, images, **kwargs):
+        """images: a path, URL, PIL image or numpy array, or a list of them. Keyword arguments: `class_prompts`
+        (dict or built-in set name) or `candidate_labels` (+ `hypothesis_template`, default "{}"), `ensemble`
+        ("max" or "mean"), `top_k`, `timeout`."""
+        if (kwargs.get("class_prompts") is None) == (kwargs.get("candidate_labels") is None):
+            raise ValueError("pass exactly one of class_prompts (dict or built-in set name) and candidate_labels")
+        return super().__call__(images, **kwargs)
+
+    def _sanitize_parameters(self, class_prompts=None, candidate_labels=None, hypothesis_template=None,
+                             ensemble=None, top_k=None, timeout=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)} for {TASK}")
+        forward, postprocess = {}, {"top_k": top_k} if top_k is not None else {}
+        if class_prompts is not None or candidate_labels is not None:
+            classifier = self.classifier_for(class_prompts, candidate_labels, hypothesis_template, ensemble or "max")
+            forward["classifier"] = postprocess["classifier"] = classifier
+        preprocess = {"timeout": timeout} if timeout is not None else {}
+        return preprocess, forward, postprocess
+
+    def classifier_for(self, class_prompts=None, candidate_labels=None, hypothesis_template=None,
+                       ensemble="max") -> ZeroShotClassifier:
+        """The (cached) classifier for a prompt set; exactly one of class_prompts and candidate_labels."""
+        if (class_prompts is None) == (candidate_labels is None):
+            raise ValueError("pass exactly one of class_prompts (dict or built-in set name) and candidate_labels")
+        if candidate_labels is not None:
+            if isinstance(candidate_labels, str) or len(set(candidate_labels)) != len(candidate_labels):
+                raise ValueError(f"candidate_labels must be a list of distinct names, got {candidate_labels!r}")
+            template = hypothesis_template or "{}"
+            class_prompts = {label: [template.format(label)] for label in candidate_labels}
+        key = (json.dumps(class_prompts, sort_keys=True), ensemble)
+        if key not in self._classifiers:
+            classifier = ZeroShotClassifier.from_prompts(self.model, self.tokenizer, class_prompts, ensemble)
+            self._classifiers[key] = classifier.to(self.device)
+        return self._classifiers[key]
+
+    def preprocess(self, image, timeout=None):
+        image = load_image(image, timeout=timeout)
+        return self.image_processor(images=[image], return_tensors="pt").to(self.dtype)
+
+    def _forward(self, model_inputs, classifier):
+        image_embeds = embed_pixel_values(self.model, model_inputs["pixel_values"])
+        return {"probabilities": classifier.probabilities(image_embeds)}
+
+    def postprocess(self, model_outputs, classifier, top_k=None):
+        scores = model_outputs["probabilities"][0].tolist()
+        ranked = sorted(zip(classifier.class_names, scores), key=lambda pair: -pair[1])
+        return [{"label": label, "score": score} for label, score in ranked[:top_k]]
+
