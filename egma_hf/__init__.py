@@ -17,6 +17,7 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_egma import EGMAConfig
+from .conversion import convert_medclip_state_dict, load_original_checkpoint
 from .image_processing_egma import EGMAImageProcessor
 from .losses import (
     EGMALoss,
@@ -75,6 +76,8 @@ __all__ = [
     "EGMALoss",
     "EGMALossOutput",
     "split_report_into_sentences",
+    "load_original_checkpoint",
+    "convert_medclip_state_dict",
     "clip_contrastive_loss",
     "multilabel_categorical_crossentropy",
     "gaze_mlce_loss",
