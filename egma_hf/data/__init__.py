@@ -1,13 +1,42 @@
-"""Eye-gaze chest X-ray data: readers for EGD-CXR, REFLACX and MIMIC-EYE, sentence heatmaps, gaze-fraction
-subsets, a collator for `EGMAModel`, and a synthetic corpus in MIMIC-EYE's file formats."""
+"""Chest X-ray data: readers for the eye-gaze sets (EGD-CXR, REFLACX, MIMIC-EYE), sentence heatmaps, gaze-fraction
+subsets, a collator for `EGMAModel`, a synthetic corpus in MIMIC-EYE's file formats, and readers for the public
+evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with synthetic equivalents."""
 
 from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
+from .evaluation_sets import (
+    CHEXPERT_5X200_CLASSES,
+    CHEXPERT_8X200_CLASSES,
+    CHEXPERT_COMPETITION_TASKS,
+    EVALUATION_SETS,
+    RSNA_CLASSES,
+    SIIM_CLASSES,
+    EvaluationSet,
+    load_chexpert,
+    load_chexpert_5x200,
+    load_chexpert_8x200,
+    load_rsna_pneumonia,
+    load_siim_acr,
+    make_synthetic_evaluation_sets,
+)
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
 from .images import image_size_of, load_image
 from .readers import FEATURES, HeatmapSettings, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
 from .synthetic import make_synthetic_mimic_eye
 
 __all__ = [
+    "CHEXPERT_5X200_CLASSES",
+    "CHEXPERT_8X200_CLASSES",
+    "CHEXPERT_COMPETITION_TASKS",
+    "EVALUATION_SETS",
+    "EvaluationSet",
+    "RSNA_CLASSES",
+    "SIIM_CLASSES",
+    "load_chexpert",
+    "load_chexpert_5x200",
+    "load_chexpert_8x200",
+    "load_rsna_pneumonia",
+    "load_siim_acr",
+    "make_synthetic_evaluation_sets",
     "FEATURES",
     "EGMADataCollator",
     "Fixations",

@@ -1,0 +1,841 @@
+"""Readers for the public chest X-ray evaluation sets, from the files users download, and a synthetic twin of each.
+
+Every loader returns a `datasets.Dataset` with one row per image and at least the columns `id`, `image` (absolute
+path), `label` (the class name for single-label sets, "" for multi-label ones), `labels` (the positive class names)
+and `split` ("train" / "validate" / "test"):
+
+- CheXpert 5x200 (`load_chexpert_5x200`): GLoRIA's zero-shot set, 200 frontal CheXpert train images per competition
+  class, each positive for exactly one of the five. Its CSV is `train.csv` rows written with their row index first
+  and blanks filled with 0 (GLoRIA/MGCA `preprocess_chexpert_5x200_data`); MedCLIP's `chexpert-5x200-meta.csv`
+  (path column `imgpath`) loads too. Split "test".
+- CheXpert 8x200 (`load_chexpert_8x200`): ConVIRT's retrieval candidates (`image-retrieval/candidate.csv`), 200
+  images for each of 8 classes, `train.csv` columns, exclusively positive for one class. Split "test".
+- CheXpert (`load_chexpert`): the official `train.csv` / `valid.csv` (or MGCA's `train_split.csv` /
+  `valid_split.csv`), multi-label over the chosen tasks, for linear probing. The official validation set is the
+  test set (CheXpert's own test labels are hidden), as in MGCA and the EGMA paper.
+- RSNA Pneumonia (`load_rsna_pneumonia`): `stage_2_train_labels.csv` (one row per box), one row per patient, classes
+  Normal / Pneumonia, and MGCA's 70/15/15 split reproduced exactly.
+- SIIM-ACR Pneumothorax (`load_siim_acr`): `train-rle.csv` (one row per mask), one row per image, classes
+  No Finding / Pneumothorax; a given test-id list (e.g. Saab et al.'s subset) is the test split, or a seeded
+  stratified 70/15/15 split.
+
+Splits are computed on every id in the label file before images are looked up, so an image's split does not depend
+on which other images are on disk. Nothing is dropped silently: rows that cannot be used are counted by reason,
+logged as one line (logger `egma_hf.data`) and kept in `dataset.info.description`.
+
+`EVALUATION_SETS` maps a set name to its loader, class names and default prompt-set function (in
+`egma_hf.prompts`). `make_synthetic_evaluation_sets` writes small trees in all these formats, with images drawn by
+the synthetic MIMIC-EYE corpus's chest X-ray drawer.
+"""
+
+import itertools
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+import datasets
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..prompts import CHEXPERT_8X200_QUERIES
+from .synthetic import Finding, _draw, _lung, _mask_box, _sample_anatomy, _sign
+
+logger = logging.getLogger("egma_hf.data")
+
+CHEXPERT_LABEL_COLUMNS = (  # CheXpert train.csv / valid.csv order
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
+CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_LABEL_COLUMNS
+CHEXPERT_COMPETITION_TASKS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+CHEXPERT_5X200_CLASSES = CHEXPERT_COMPETITION_TASKS
+CHEXPERT_8X200_CLASSES = tuple(CHEXPERT_8X200_QUERIES)
+# uncertain="per_task": U-Ones for these, U-Zeros for the rest (the CheXpert paper's best policy; MGCA/GLoRIA's
+# CHEXPERT_UNCERTAIN_MAPPINGS).
+CHEXPERT_UNCERTAIN_ONES = ("Atelectasis", "Edema", "Pleural Effusion")
+RSNA_CLASSES = ("Normal", "Pneumonia")
+SIIM_CLASSES = ("No Finding", "Pneumothorax")
+SPLITS = ("train", "validate", "test")
+
+# Files whose name tells their split: CheXpert's own and MGCA's split of train.csv.
+CHEXPERT_SPLIT_OF_FILE = {"train.csv": "train", "train_split.csv": "train", "valid_split.csv": "validate",
+                          "valid.csv": "test"}
+UNCERTAIN_POLICIES = ("zeros", "ones", "per_task")
+
+
+def _features(**extra) -> datasets.Features:
+    return datasets.Features({
+        "id": datasets.Value("string"),
+        "image": datasets.Value("string"),
+        "label": datasets.Value("string"),
+        "labels": datasets.List(datasets.Value("string")),
+        "split": datasets.Value("string"),
+        **extra,
+    })
+
+
+SINGLE_LABEL_FEATURES = _features()
+CHEXPERT_FEATURES = _features(targets=datasets.List(datasets.Value("float32")))
+RSNA_FEATURES = _features(boxes=datasets.List(datasets.List(datasets.Value("float32"))))
+SIIM_FEATURES = _features(mask_rles=datasets.List(datasets.Value("string")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+class _Skips:
+    """What a load could not use, counted by reason, with a few examples each."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.left_out: Counter = Counter()  # rows excluded by the caller's choice, not by a problem
+
+    def leave_out(self, reason: str, count: int):
+        if count:
+            self.left_out[reason] += int(count)
+
+    def add(self, reason: str, count: int = 1, example: str | None = None):
+        if count:
+            self.counts[reason] += int(count)
+            if example is not None and len(self.examples.setdefault(reason, [])) < 3:
+                self.examples[reason].append(example)
+
+    def summary(self) -> str:
+        parts = []
+        for reason, count in sorted(self.counts.items()):
+            examples = self.examples.get(reason)
+            parts.append(f"{count} {reason}" + (f" (e.g. {', '.join(examples)})" if examples else ""))
+        text = "skipped: " + "; ".join(parts) if parts else "nothing skipped"
+        if self.left_out:
+            text += "; left out: " + "; ".join(f"{count} {reason}" for reason, count in sorted(self.left_out.items()))
+        return text
+
+
+def _to_dataset(rows: list[dict], skips: _Skips, name: str, source, features: datasets.Features) -> datasets.Dataset:
+    if not rows:
+        summary = f"{name} ({source}): {skips.summary()}"
+        logger.warning(summary)
+        raise ValueError(f"no usable images in {summary}")
+    per_class = Counter(label for row in rows for label in row["labels"])
+    per_split = Counter(row["split"] for row in rows)
+    summary = (
+        f"{name} ({source}): {len(rows)} images; labels "
+        + ", ".join(f"{label} {count}" for label, count in sorted(per_class.items()))
+        + "; splits " + ", ".join(f"{split} {per_split[split]}" for split in SPLITS if per_split[split])
+        + f"; {skips.summary()}"
+    )
+    (logger.warning if skips.counts else logger.info)(summary)
+    info = datasets.DatasetInfo(description=summary, features=features)
+    return datasets.Dataset.from_list(rows, features=features, info=info)
+
+
+def _read_table(path, required: Iterable[str], what: str) -> pd.DataFrame:
+    """A CSV as text cells; header names stripped (SIIM's header is "ImageId, EncodedPixels")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path} (expected {what})")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} for {what}; found {list(frame.columns)}")
+    return frame
+
+
+def _folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"missing folder: {path} (expected {what})")
+    return path.absolute()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CheXpert
+
+
+def _path_column(frame: pd.DataFrame, path, what: str) -> str:
+    for column in ("Path", "imgpath"):  # CheXpert, GLoRIA, MGCA, ConVIRT; MedCLIP's *-meta.csv
+        if column in frame.columns:
+            return column
+    raise ValueError(f"{path}: no image path column for {what} (expected 'Path' or 'imgpath'); "
+                     f"found {list(frame.columns)}")
+
+
+def _label_values(frame: pd.DataFrame, columns, path) -> np.ndarray:
+    """CheXpert label cells -> floats: 1 (positive), 0 (negative), -1 (uncertain) or NaN (blank: not mentioned)."""
+    cells = frame[list(columns)].apply(lambda column: column.str.strip())
+    values = cells.apply(lambda column: pd.to_numeric(column, errors="coerce"))
+    bad = (values.isna() & (cells != "")) | (values.notna() & ~values.isin([1, 0, -1]))
+    if bad.to_numpy().any():
+        row, column = next((r, c) for r, c in itertools.product(bad.index, bad.columns) if bad.at[r, c])
+        raise ValueError(f"{path}: line {row + 2}, column {column!r} holds {frame.at[row, column]!r}; CheXpert labels "
+                         "are 1.0, 0.0, -1.0 or blank")
+    return values.to_numpy(dtype=float)
+
+
+class _ImageFinder:
+    """Finds a listed image under `root`, dropping leading folders of the listed path until the file exists.
+
+    So `CheXpert-v1.0-small/train/p../study1/view1_frontal.jpg` (CheXpert, ConVIRT), `CheXpert-v1.0/train/...`
+    (GLoRIA) and `./data/CheXpert/data/CheXpert-v1.0-small/train/...` (MedCLIP) all resolve under the folder that
+    holds `train/` and `valid/` or any folder above it. At least `keep` trailing parts are kept, so two patients'
+    `study1/view1_frontal.jpg` are never confused.
+    """
+
+    def __init__(self, root, keep: int = 4):
+        self.root = _folder(Path(root), "the images root")
+        self.keep = keep
+        self.dropped = 0  # leading parts dropped for the last hit; tried first
+
+    def __call__(self, listed: str) -> Path | None:
+        listed = listed.strip().replace("\\", "/")
+        if os.path.isabs(listed) and Path(listed).is_file():
+            return Path(listed)
+        parts = [part for part in PurePosixPath(listed).parts if part not in ("/", ".", "..")]
+        if not parts:
+            return None
+        drops = range(max(len(parts) - self.keep, 0) + 1)
+        for drop in sorted(drops, key=lambda d: d != self.dropped):
+            candidate = self.root.joinpath(*parts[drop:])
+            if candidate.is_file():
+                self.dropped = drop
+                return candidate
+        return None
+
+
+def _chexpert_id(listed: str) -> str:
+    """`CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg` -> `patient00001/study1/view1_frontal`."""
+    parts = PurePosixPath(listed.strip().replace("\\", "/")).with_suffix("").parts
+    return "/".join(parts[-3:])
+
+
+def _load_single_label(csv_path, images_root, classes, name: str, what: str) -> datasets.Dataset:
+    frame = _read_table(csv_path, classes, what)
+    path_column = _path_column(frame, csv_path, what)
+    values = _label_values(frame, classes, csv_path)
+    positive = values == 1
+    one_hot = (positive.sum(axis=1) == 1) & (positive | (values == 0) | np.isnan(values)).all(axis=1)
+    skips = _Skips()
+    bad_lines = np.flatnonzero(~one_hot) + 2
+    skips.add(f"rows not positive for exactly one of the {len(classes)} classes (others 0 or blank)",
+              len(bad_lines), f"line {bad_lines[0]}" if len(bad_lines) else None)
+    find = _ImageFinder(images_root)
+    rows, seen = [], set()
+    for index in np.flatnonzero(one_hot):
+        listed = frame[path_column].iat[index]
+        image_id = _chexpert_id(listed)
+        if image_id in seen:
+            skips.add("duplicate rows", example=listed)
+            continue
+        image = find(listed)
+        if image is None:
+            skips.add("listed images missing on disk", example=listed)
+            continue
+        seen.add(image_id)
+        label = classes[int(np.argmax(positive[index]))]
+        rows.append(dict(id=image_id, image=str(image), label=label, labels=[label], split="test"))
+    return _to_dataset(rows, skips, name, csv_path, SINGLE_LABEL_FEATURES)
+
+
+def load_chexpert_5x200(csv_path, images_root) -> datasets.Dataset:
+    """CheXpert 5x200 (GLoRIA's `chexpert_5x200.csv`, or MedCLIP's `chexpert-5x200-meta.csv`) -> 1000 rows.
+
+    Args:
+        csv_path: the CSV; needs an image path column (`Path` or `imgpath`) and the five class columns.
+        images_root: the folder holding CheXpert's `train/` (e.g. `CheXpert-v1.0-small`) or a folder above it.
+
+    Single-label: a row must be positive (1) for exactly one of Atelectasis, Cardiomegaly, Consolidation, Edema and
+    Pleural Effusion, with the other four 0 or blank; other rows (several positives, none, or an uncertain -1) are
+    skipped and counted, never guessed. Every row's split is "test".
+    """
+    return _load_single_label(csv_path, images_root, CHEXPERT_5X200_CLASSES, "CheXpert 5x200",
+                              "CheXpert 5x200 (image path + the 5 competition-class columns)")
+
+
+def load_chexpert_8x200(csv_path, images_root) -> datasets.Dataset:
+    """CheXpert 8x200 (ConVIRT's `image-retrieval/candidate.csv`) -> 1600 rows, one class each.
+
+    Same contract as `load_chexpert_5x200`, over No Finding, Cardiomegaly, Edema, Pneumonia, Atelectasis,
+    Pneumothorax, Pleural Effusion and Fracture. The retrieval text queries are
+    `egma_hf.prompts.CHEXPERT_8X200_QUERIES`.
+    """
+    return _load_single_label(csv_path, images_root, CHEXPERT_8X200_CLASSES, "CheXpert 8x200",
+                              "CheXpert 8x200 (image path + the 8 class columns)")
+
+
+def load_chexpert(
+    csv_path,
+    images_root,
+    tasks: Iterable[str] = CHEXPERT_COMPETITION_TASKS,
+    uncertain: str = "zeros",
+    split: str | None = None,
+    frontal_only: bool = True,
+) -> datasets.Dataset:
+    """CheXpert's official `train.csv` / `valid.csv` -> one multi-label row per image.
+
+    Args:
+        csv_path: `train.csv`, `valid.csv` (or MGCA's `train_split.csv` / `valid_split.csv`); columns `Path`,
+            `Frontal/Lateral` and the tasks, cells 1.0 / 0.0 / -1.0 (uncertain) / blank (not mentioned, read as 0).
+        images_root: the folder holding `train/` and `valid/` (e.g. `CheXpert-v1.0-small`) or a folder above it.
+        tasks: label columns to predict; `targets` holds them in this order.
+        uncertain: how -1 is read: "zeros" (U-Zeros), "ones" (U-Ones) or "per_task" (U-Ones for Atelectasis, Edema
+            and Pleural Effusion, U-Zeros otherwise, as MGCA's linear probe).
+        split: "train", "validate" or "test"; by default from the file name: train.csv -> train, valid.csv -> test
+            (CheXpert's test labels are hidden, so its validation set is everyone's test set), MGCA's
+            train_split.csv / valid_split.csv -> train / validate.
+        frontal_only: keep frontal views only (as MGCA; the EGMA paper's "202" validation images are the frontal
+            ones); lateral rows are counted as left out.
+
+    Columns beyond the common ones: `targets` (float 0/1 per task). `label` is "" (multi-label).
+    """
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    split = split or CHEXPERT_SPLIT_OF_FILE.get(Path(csv_path).name)
+    if split is None:
+        raise ValueError(f"cannot tell the split of {csv_path} from its name (known: {sorted(CHEXPERT_SPLIT_OF_FILE)});"
+                         f" pass split= one of {SPLITS}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    what = f"CheXpert labels (Path, Frontal/Lateral, {', '.join(tasks)})"
+    frame = _read_table(csv_path, tasks + (["Frontal/Lateral"] if frontal_only else []), what)
+    path_column = _path_column(frame, csv_path, what)
+    skips = _Skips()
+    if frontal_only:
+        lateral = frame["Frontal/Lateral"].str.strip() != "Frontal"
+        skips.leave_out("non-frontal views (frontal_only=True)", int(lateral.sum()))
+        frame = frame[~lateral]
+    values = _label_values(frame, tasks, csv_path)
+    ones = {"zeros": set(), "ones": set(tasks), "per_task": set(CHEXPERT_UNCERTAIN_ONES)}[uncertain]
+    targets = np.nan_to_num(values, nan=0.0)
+    for column, task in enumerate(tasks):
+        targets[targets[:, column] == -1, column] = 1.0 if task in ones else 0.0
+    find = _ImageFinder(images_root)
+    rows, seen = [], set()
+    for position in range(len(frame)):
+        listed = frame[path_column].iat[position]
+        image_id = _chexpert_id(listed)
+        if image_id in seen:
+            skips.add("duplicate rows", example=listed)
+            continue
+        image = find(listed)
+        if image is None:
+            skips.add("listed images missing on disk", example=listed)
+            continue
+        seen.add(image_id)
+        row_targets = targets[position]
+        rows.append(dict(id=image_id, image=str(image), label="",
+                         labels=[task for task, value in zip(tasks, row_targets) if value == 1], split=split,
+                         targets=row_targets.astype(np.float32).tolist()))
+    return _to_dataset(rows, skips, f"CheXpert (uncertain={uncertain})", csv_path, CHEXPERT_FEATURES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RSNA Pneumonia
+
+
+def _mgca_split(patient_ids: list[str]) -> dict[str, str]:
+    """MGCA's RSNA split (mgca/preprocess/rsna.py), reproduced without scikit-learn.
+
+    MGCA groups the label rows by patientId (so the frame is sorted by patientId), then
+    `train_test_split(df, test_size=0.15 * 2, random_state=0)` -> (train, rest) and
+    `train_test_split(rest, test_size=0.5, random_state=0)` -> (test, valid): the *first* half is the test set.
+    scikit-learn's shuffle split takes ceil(test_size * n) for the second output from the front of
+    `RandomState(seed).permutation(n)` and the remainder, in permutation order, for the first output.
+    """
+    ids = sorted(patient_ids)
+    count = len(ids)
+    n_rest = math.ceil(0.3 * count)
+    order = np.random.RandomState(0).permutation(count)
+    rest, train = order[:n_rest], order[n_rest:]
+    n_valid = math.ceil(0.5 * n_rest)
+    order = np.random.RandomState(0).permutation(n_rest)
+    valid, test = rest[order[:n_valid]], rest[order[n_valid:]]
+    split_of = {}
+    for name, members in (("train", train), ("validate", valid), ("test", test)):
+        split_of.update((ids[i], name) for i in members)
+    return split_of
+
+
+def load_rsna_pneumonia(
+    root, labels_csv="stage_2_train_labels.csv", images_dir="stage_2_train_images"
+) -> datasets.Dataset:
+    """RSNA Pneumonia Detection (Kaggle stage 2 train) -> one row per patient, classes Normal / Pneumonia.
+
+    Args:
+        root: the download folder.
+        labels_csv: `patientId,x,y,width,height,Target`, one row per box for Target=1 (blank box for Target=0);
+            relative to `root` unless absolute.
+        images_dir: folder of `<patientId>.dcm` (a `.png` / `.jpg` of the same name is used if there is no DICOM);
+            relative to `root` unless absolute.
+
+    A patient is Pneumonia if any of its rows has Target=1 (MGCA's rule); "Normal" is every Target=0 patient,
+    including the detailed class "No Lung Opacity / Not Normal". Splits are MGCA's (70/15/15 by patient, see
+    `_mgca_split`). Extra column `boxes`: [x, y, width, height] per box, in image pixels.
+    """
+    root = Path(root)
+    csv_path = root / labels_csv
+    frame = _read_table(csv_path, ["patientId", "x", "y", "width", "height", "Target"],
+                        "RSNA labels (patientId, x, y, width, height, Target)")
+    target = pd.to_numeric(frame["Target"].str.strip(), errors="coerce")
+    ids = frame["patientId"].str.strip()
+    bad = ~target.isin([0, 1]) | (ids == "")
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{csv_path}: line {line + 2} has patientId {ids.iat[line]!r} and Target "
+                         f"{frame['Target'].iat[line]!r}; expected a patientId and Target 0 or 1")
+    boxes: dict[str, list] = {patient: [] for patient in ids}
+    positive = set()
+    for line in np.flatnonzero((target == 1).to_numpy()):
+        patient = ids.iat[line]
+        positive.add(patient)
+        try:
+            boxes[patient].append([float(frame[c].iat[line]) for c in ("x", "y", "width", "height")])
+        except ValueError:
+            raise ValueError(f"{csv_path}: line {line + 2} has Target=1 but no numeric x, y, width, height") from None
+    split_of = _mgca_split(list(boxes))
+    images = _folder(root / images_dir, "RSNA images <patientId>.dcm")
+    skips = _Skips()
+    rows = []
+    for patient in sorted(boxes):
+        image = next((images / f"{patient}{suffix}" for suffix in (".dcm", ".png", ".jpg")
+                      if (images / f"{patient}{suffix}").is_file()), None)
+        if image is None:
+            skips.add("listed images missing on disk", example=f"{patient}.dcm")
+            continue
+        label = RSNA_CLASSES[patient in positive]
+        rows.append(dict(id=patient, image=str(image), label=label, labels=[label], split=split_of[patient],
+                         boxes=boxes[patient]))
+    return _to_dataset(rows, skips, "RSNA Pneumonia", csv_path, RSNA_FEATURES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIIM-ACR Pneumothorax
+
+
+def _stratified_split(ids: list[str], labels: list[str], shares: dict[str, float], seed: int) -> dict[str, str]:
+    """Seeded split of `ids` into the named shares, per label (largest-remainder counts, so 20 -> 14/3/3)."""
+    rng = np.random.default_rng(seed)
+    names = list(shares)
+    weights = np.array([shares[name] for name in names], dtype=float)
+    weights /= weights.sum()
+    split_of = {}
+    for label in sorted(set(labels)):
+        members = sorted(i for i, l in zip(ids, labels) if l == label)
+        exact = weights * len(members)
+        counts = np.floor(exact).astype(int)
+        for index in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
+            counts[index] += 1
+        bounds = np.cumsum(counts)
+        for rank, member in enumerate(rng.permutation(len(members))):
+            split_of[members[member]] = names[int(np.searchsorted(bounds, rank, side="right"))]
+    return split_of
+
+
+def _read_ids(test_ids) -> list[str]:
+    """A list of ImageIds, or a file of them: a CSV with an `ImageId` column, otherwise one id per line."""
+    if not isinstance(test_ids, (str, os.PathLike)):
+        return [str(i).strip() for i in test_ids if str(i).strip()]
+    path = Path(test_ids)
+    if path.suffix.lower() == ".csv":
+        return [i.strip() for i in _read_table(path, ["ImageId"], "test ImageIds (column ImageId)")["ImageId"]
+                if i.strip()]
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path} (expected test ImageIds, one per line)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_siim_acr(
+    root,
+    labels_csv="train-rle.csv",
+    images_dir="dicom-images-train",
+    test_ids=None,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """SIIM-ACR Pneumothorax (Kaggle) -> one row per image, classes No Finding / Pneumothorax.
+
+    Args:
+        root: the download folder.
+        labels_csv: `train-rle.csv` (header "ImageId, EncodedPixels", values " -1" for no pneumothorax, else a
+            relative run-length mask, one row per mask) or the stage-2 `stage_2_train.csv` (no spaces); relative to
+            `root` unless absolute.
+        images_dir: `dicom-images-train`, holding `<study>/<series>/<ImageId>.dcm`; found with one directory walk.
+        test_ids: ImageIds of the test split (a list, a text file with one id per line, or a CSV with an
+            `ImageId` column), e.g. Saab et al.'s subset; the other images are split train/validate 70:15,
+            stratified and seeded. Without it: a seeded stratified 70/15/15 split.
+        seed: the split's seed.
+
+    Extra column `mask_rles`: the image's RLE masks as in the file. Unlike MGCA (whose split runs over the CSV's rows,
+    so one image's masks can land in different splits), images with several masks are one row.
+    """
+    root = Path(root)
+    csv_path = root / labels_csv
+    frame = _read_table(csv_path, ["ImageId", "EncodedPixels"], "SIIM labels (ImageId, EncodedPixels)")
+    ids, encoded = frame["ImageId"].str.strip(), frame["EncodedPixels"].str.strip()
+    masks: dict[str, list[str]] = {image_id: [] for image_id in ids}
+    for line, (image_id, rle) in enumerate(zip(ids, encoded)):
+        numbers = rle.split()
+        valid_rle = len(numbers) >= 2 and len(numbers) % 2 == 0 and all(n.isdigit() for n in numbers)
+        if not image_id or (rle != "-1" and not valid_rle):
+            raise ValueError(f"{csv_path}: line {line + 2} has ImageId {image_id!r} and EncodedPixels {rle[:40]!r}; "
+                             "expected an ImageId and -1 or run-length pairs")
+        if rle != "-1":
+            masks[image_id].append(rle)
+    image_ids = sorted(masks)
+    labels = [SIIM_CLASSES[bool(masks[i])] for i in image_ids]
+    skips = _Skips()
+    if test_ids is None:
+        split_of = _stratified_split(image_ids, labels, {"train": 0.70, "validate": 0.15, "test": 0.15}, seed)
+    else:
+        wanted = set(_read_ids(test_ids))
+        unknown = sorted(wanted - set(masks))
+        skips.add(f"test ids not in {csv_path.name} ignored", len(unknown), unknown[0] if unknown else None)
+        if not wanted & set(masks):
+            raise ValueError(f"none of the {len(wanted)} test ids is in {csv_path}")
+        rest = [(i, l) for i, l in zip(image_ids, labels) if i not in wanted]
+        split_of = _stratified_split([i for i, _ in rest], [l for _, l in rest], {"train": 0.70, "validate": 0.15},
+                                     seed)
+        split_of.update((i, "test") for i in wanted & set(masks))
+    images_root = _folder(root / images_dir, "SIIM DICOMs <study>/<series>/<ImageId>.dcm")
+    found: dict[str, Path] = {}
+    for folder, subfolders, files in os.walk(images_root):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.lower().endswith(".dcm"):
+                found.setdefault(name[:-4], Path(folder) / name)
+    rows = []
+    for image_id, label in zip(image_ids, labels):
+        if image_id not in found:
+            skips.add("listed images missing on disk", example=f"{image_id}.dcm")
+            continue
+        rows.append(dict(id=image_id, image=str(found[image_id]), label=label, labels=[label],
+                         split=split_of[image_id], mask_rles=masks[image_id]))
+    return _to_dataset(rows, skips, "SIIM-ACR Pneumothorax", csv_path, SIIM_FEATURES)
+
+
+def _rle_encode(mask: np.ndarray) -> str:
+    """(H, W) bool mask -> SIIM's relative RLE: pairs (gap since the previous run's end, run length), column-major."""
+    flat = np.concatenate([[False], np.asarray(mask, bool).flatten(order="F"), [False]])
+    edges = np.flatnonzero(flat[1:] != flat[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    gaps = starts - np.concatenate([[0], ends[:-1]])
+    return " ".join(f"{gap} {length}" for gap, length in zip(gaps, ends - starts))
+
+
+def _rle_decode(rle: str, height: int, width: int) -> np.ndarray:
+    """SIIM's relative RLE -> (H, W) bool mask (the inverse of `_rle_encode`)."""
+    flat = np.zeros(height * width, bool)
+    numbers = [int(token) for token in rle.split()]
+    position = 0
+    for gap, length in zip(numbers[0::2], numbers[1::2]):
+        position += gap
+        flat[position:position + length] = True
+        position += length
+    return flat.reshape((height, width), order="F")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry
+
+
+class EvaluationSet(NamedTuple):
+    """A set's loader, its class names, and the prompt-set function that goes with it."""
+
+    loader: Callable[..., datasets.Dataset]
+    classes: tuple[str, ...]
+    prompt_set: str | None  # name of a function in egma_hf.prompts returning {class: prompts}, if any
+
+
+EVALUATION_SETS = {
+    "chexpert_5x200": EvaluationSet(load_chexpert_5x200, CHEXPERT_5X200_CLASSES, "chexpert_5x200_prompts"),
+    "chexpert_8x200": EvaluationSet(load_chexpert_8x200, CHEXPERT_8X200_CLASSES, None),  # CHEXPERT_8X200_QUERIES
+    "rsna": EvaluationSet(load_rsna_pneumonia, RSNA_CLASSES, "rsna_prompts"),
+    "siim": EvaluationSet(load_siim_acr, SIIM_CLASSES, "siim_acr_prompts"),
+    "chexpert": EvaluationSet(load_chexpert, CHEXPERT_COMPETITION_TASKS, None),  # linear probe
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic sets
+
+# CheXpert label -> the finding drawn for it. The drawer has no atelectasis, so Atelectasis is drawn as its closest
+# look-alike, a small lower-zone opacity; it has nothing like a fracture, a support device or "pleural other", so
+# those images show no finding for that label.
+DRAWN_AS = {
+    "Atelectasis": "opacity", "Consolidation": "opacity", "Pneumonia": "opacity", "Lung Opacity": "opacity",
+    "Lung Lesion": "opacity", "Cardiomegaly": "cardiomegaly", "Enlarged Cardiomediastinum": "cardiomegaly",
+    "Edema": "edema", "Pleural Effusion": "effusion", "Pneumothorax": "pneumothorax",
+}
+CONVIRT_8X200_ORDER = ("Fracture", "Edema", "Pneumonia", "Cardiomegaly", "Pneumothorax", "Atelectasis",
+                       "Pleural Effusion", "No Finding")  # ConVIRT's ALL_VARS: the candidate file's class order
+SIIM_UID_ROOT = "1.2.276.0.7230010.3.1"  # SIIM's UIDs: <root>.2 study, .3 series, .4 instance (= ImageId)
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _findings_for(rng, labels) -> list:
+    findings, taken = [], set()
+    for label in labels:
+        name = DRAWN_AS.get(label)
+        if name is None:
+            continue
+        side = None if name in ("cardiomegaly", "edema") else _pick(rng, ("right", "left"))
+        zone = ("lower" if label == "Atelectasis" else _pick(rng, ("upper", "lower"))) if name == "opacity" else None
+        if (name, side, zone) not in taken:
+            taken.add((name, side, zone))
+            findings.append(Finding(name, side, zone, 0 if label == "Atelectasis" else int(rng.integers(1, 3))))
+    return findings
+
+
+def _draw_image(rng, findings, width: int, height: int):
+    anatomy = _sample_anatomy(rng, findings)
+    return _draw(rng, anatomy, findings, width, height), anatomy
+
+
+def _pneumothorax_mask(anatomy, finding, width: int, height: int) -> np.ndarray:
+    """The pleural air `_draw` paints for an apical pneumothorax, as a (H, W) bool mask (the same geometry)."""
+    u = ((np.arange(width, dtype=np.float32) + 0.5) / width)[None, :]
+    v = ((np.arange(height, dtype=np.float32) + 0.5) / height)[:, None]
+    depth = (0.035, 0.05, 0.07)[finding.severity]
+    sign, centre, half_width = _sign(finding.side), anatomy.lung_centre(finding.side), anatomy.lung_half_width
+    lung = _lung(u, v, centre, half_width, anatomy.top, anatomy.dome)
+    collapsed = _lung(u, v, centre - sign * 0.35 * depth, half_width - 0.35 * depth, anatomy.top + depth, anatomy.dome)
+    mask = lung & ~collapsed & (v < anatomy.top + 2.5 * depth)
+    if _mask_box(mask) != finding.boxes[0]:
+        raise RuntimeError("pneumothorax mask out of step with synthetic._draw")
+    return mask
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _csv_line(cells) -> str:
+    return ",".join(f'"{c}"' if ("," in str(c) or '"' in str(c)) else str(c) for c in cells)
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError:
+        raise ImportError("writing synthetic DICOMs needs pydicom: install the 'dicom' extra "
+                          "(pip install 'egma_hf[dicom]')") from None
+    return pydicom
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, study: str, series: str, instance: str,
+                 patient: str) -> None:
+    """8-bit CR DICOM; MONOCHROME1 stores inverted values, so it looks the same once read (dense = bright)."""
+    pydicom = _pydicom()
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, instance
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = patient, "CR", "CHEST", "PA"
+    stored = 255 - pixels if photometric == "MONOCHROME1" else pixels
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+
+
+def _write_chexpert(out: Path, rng, per_class: int) -> dict:
+    """CheXpert-v1.0-small/: train/ and valid/ JPGs, train.csv, valid.csv, chexpert_5x200.csv, chexpert_8x200.csv."""
+    folder = out / "CheXpert-v1.0-small"
+    patients = itertools.count(1)
+
+    def study(split, values, patient=None, lateral=False):
+        patient = next(patients) if patient is None else patient
+        number = patient if split == "train" else 64540 + patient  # valid patients come after train's 64540
+        view = "view2_lateral" if lateral else "view1_frontal"
+        path = f"CheXpert-v1.0-small/{split}/patient{number:05d}/study1/{view}.jpg"
+        positives = [c for c in CHEXPERT_LABEL_COLUMNS if values.get(c) == "1.0"]
+        width, height = _pick(rng, (160, 176, 192)), _pick(rng, (176, 192, 208))
+        pixels, _ = _draw_image(rng, _findings_for(rng, positives), width, height)
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(out / path, quality=90)
+        return patient, {"Path": path, "Sex": _pick(rng, ("Male", "Female")), "Age": int(rng.integers(20, 91)),
+                         "Frontal/Lateral": "Lateral" if lateral else "Frontal",
+                         "AP/PA": "" if lateral else _pick(rng, ("AP", "PA")),
+                         **{c: values.get(c, "") for c in CHEXPERT_LABEL_COLUMNS}}
+
+    train, exclusive = [], {}
+    for label in dict.fromkeys(CHEXPERT_5X200_CLASSES + CHEXPERT_8X200_CLASSES):
+        for _ in range(per_class):
+            values = {label: "1.0"}
+            values.update((str(c), "0.0") for c in rng.choice(CHEXPERT_LABEL_COLUMNS, 2) if c != label)
+            train.append(study("train", values)[1])
+            exclusive.setdefault(label, []).append(len(train) - 1)
+    for index in range(max(4, per_class // 2)):  # multi-label rows with uncertain cells, each with a lateral view
+        chosen = [str(c) for c in rng.choice(["Cardiomegaly", "Edema", "Pleural Effusion", "Lung Opacity",
+                                              "Atelectasis", "Consolidation", "Support Devices"], 3, replace=False)]
+        values = {chosen[0]: "1.0", chosen[1]: "1.0", chosen[2]: "-1.0"}
+        values["Edema" if index == 0 else "Fracture"] = "-1.0"  # one row surely uncertain in a competition task
+        patient, row = study("train", values)
+        train += [row, study("train", values, patient, lateral=True)[1]]
+    valid = []
+    for index in range(per_class):  # expert labels: every cell 1.0 or 0.0
+        chosen = {str(c) for c in rng.choice(CHEXPERT_LABEL_COLUMNS[1:], int(rng.integers(0, 4)), replace=False)}
+        values = {c: "1.0" if c in chosen or (c == "No Finding" and not chosen) else "0.0"
+                  for c in CHEXPERT_LABEL_COLUMNS}
+        patient, row = study("valid", values)
+        valid.append(row)
+        if index < 2:
+            valid.append(study("valid", values, patient, lateral=True)[1])
+
+    def filled(row):  # GLoRIA and ConVIRT fill blanks with 0 before writing their subsets
+        return [row[c] if row[c] != "" else ("0.0" if c in CHEXPERT_LABEL_COLUMNS else "0") for c in CHEXPERT_COLUMNS]
+
+    _write_lines(folder / "train.csv", [_csv_line(CHEXPERT_COLUMNS)]
+                 + [_csv_line(row[c] for c in CHEXPERT_COLUMNS) for row in train])
+    _write_lines(folder / "valid.csv", [_csv_line(CHEXPERT_COLUMNS)]
+                 + [_csv_line(row[c] for c in CHEXPERT_COLUMNS) for row in valid])
+    _write_lines(folder / "chexpert_5x200.csv", [_csv_line(("",) + CHEXPERT_COLUMNS)]  # pandas index first
+                 + [_csv_line([i] + filled(train[i])) for c in CHEXPERT_5X200_CLASSES for i in exclusive[c]])
+    _write_lines(folder / "chexpert_8x200.csv", [_csv_line(CHEXPERT_COLUMNS)]
+                 + [_csv_line(filled(train[i])) for c in CONVIRT_8X200_ORDER for i in exclusive[c]])
+    return {
+        "chexpert_5x200": {"csv_path": folder / "chexpert_5x200.csv", "images_root": folder},
+        "chexpert_8x200": {"csv_path": folder / "chexpert_8x200.csv", "images_root": folder},
+        "chexpert": {"csv_path": folder / "train.csv", "images_root": folder},
+        "chexpert_valid": {"csv_path": folder / "valid.csv", "images_root": folder},
+    }
+
+
+def _uuid(rng) -> str:
+    digits = "".join(f"{b:02x}" for b in rng.integers(0, 256, 16))
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _siim_uid(rng, kind: int, serial: int) -> str:
+    return f"{SIIM_UID_ROOT}.{kind}.8323329.{serial}.{1517875000 + int(rng.integers(1000))}.{int(rng.integers(10**6))}"
+
+
+def _write_rsna(out: Path, rng, per_class: int) -> dict:
+    """rsna-pneumonia/: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_train_images/*.dcm."""
+    folder = out / "rsna-pneumonia"
+    patients = [(_uuid(rng), target) for target in (0, 1) for _ in range(per_class)]
+    inverted = {patients[0][0], patients[per_class][0]}  # one MONOCHROME1 file per class
+    label_lines, class_lines = {}, {}
+    for index, (patient, target) in enumerate(patients):
+        if target:
+            labels = ["Pneumonia", "Pneumonia"] if index % 3 == 0 else ["Pneumonia"]  # some patients have 2 boxes
+            kind = "Lung Opacity"
+        else:
+            labels = [] if index % 2 else [_pick(rng, ("Cardiomegaly", "Pleural Effusion"))]
+            kind = "No Lung Opacity / Not Normal" if labels else "Normal"
+        findings = _findings_for(rng, labels)
+        if len(labels) == 2 and len(findings) == 1:  # the two opacities must be in different places
+            findings.append(Finding("opacity", "left" if findings[0].side == "right" else "right", "lower", 1))
+        pixels, _ = _draw_image(rng, findings, 192, 192)
+        _write_dicom(folder / "stage_2_train_images" / f"{patient}.dcm", pixels,
+                     "MONOCHROME1" if patient in inverted else "MONOCHROME2",
+                     f"1.2.276.0.7230010.3.1.2.8323329.{index}.1", f"1.2.276.0.7230010.3.1.3.8323329.{index}.1",
+                     f"1.2.276.0.7230010.3.1.4.8323329.{index}.1", patient)
+        boxes = [f.boxes[0] for f in findings if f.name == "opacity"] if target else [None]
+        label_lines[patient] = [
+            _csv_line([patient, "", "", "", "", 0]) if box is None else
+            _csv_line([patient, *(f"{value:.1f}" for value in (box[0], box[1], box[2] - box[0], box[3] - box[1])), 1])
+            for box in boxes]
+        class_lines[patient] = [_csv_line([patient, kind])] * len(boxes)
+    order = [patients[i][0] for i in rng.permutation(len(patients))]  # the Kaggle file is not sorted
+    _write_lines(folder / "stage_2_train_labels.csv",
+                 ["patientId,x,y,width,height,Target"] + [line for p in order for line in label_lines[p]])
+    _write_lines(folder / "stage_2_detailed_class_info.csv",
+                 ["patientId,class"] + [line for p in order for line in class_lines[p]])
+    return {"rsna": {"root": folder}}
+
+
+def _write_siim(out: Path, rng, per_class: int) -> dict:
+    """siim-acr-pneumothorax/: train-rle.csv, dicom-images-train/<study>/<series>/<ImageId>.dcm, test_ids.txt."""
+    folder = out / "siim-acr-pneumothorax"
+    lines, labels, image_ids = {}, {}, []
+    for index, target in enumerate([0] * per_class + [1] * per_class):
+        image_id = _siim_uid(rng, 4, 1000 + index)
+        study, series = _siim_uid(rng, 2, 1000 + index), _siim_uid(rng, 3, 1000 + index)
+        if target:
+            findings = [Finding("pneumothorax", _pick(rng, ("right", "left")), None, int(rng.integers(1, 3)))]
+        else:
+            findings = _findings_for(rng, [_pick(rng, ("No Finding", "Cardiomegaly", "Pleural Effusion"))])
+        pixels, anatomy = _draw_image(rng, findings, 192, 192)
+        _write_dicom(folder / "dicom-images-train" / study / series / f"{image_id}.dcm", pixels,
+                     "MONOCHROME1" if index in (0, per_class) else "MONOCHROME2", study, series, image_id,
+                     _uuid(rng))
+        if target:
+            mask = _pneumothorax_mask(anatomy, findings[0], 192, 192)
+            parts = [mask]
+            rows = np.flatnonzero(mask.any(axis=1))
+            if index % 3 == 0 and len(rows) > 1:  # several masks for one image: split the air at its middle row
+                middle = rows[len(rows) // 2]
+                parts = [mask & (np.arange(192) < middle)[:, None], mask & (np.arange(192) >= middle)[:, None]]
+            lines[image_id] = [f"{image_id}, {_rle_encode(part)}" for part in parts]
+        else:
+            lines[image_id] = [f"{image_id}, -1"]  # the Kaggle file has a space after every comma
+        labels[image_id] = SIIM_CLASSES[target]
+        image_ids.append(image_id)
+    order = [image_ids[i] for i in rng.permutation(len(image_ids))]
+    _write_lines(folder / "train-rle.csv", ["ImageId, EncodedPixels"] + [line for i in order for line in lines[i]])
+    split_of = _stratified_split(image_ids, [labels[i] for i in image_ids], {"rest": 0.7, "test": 0.3}, seed=1)
+    _write_lines(folder / "test_ids.txt", sorted(i for i in image_ids if split_of[i] == "test"))
+    return {"siim": {"root": folder},
+            "siim_with_test_ids": {"root": folder, "test_ids": folder / "test_ids.txt"}}
+
+
+def make_synthetic_evaluation_sets(out_dir, images_per_class: int = 20, seed: int = 0) -> dict[str, dict[str, Path]]:
+    """Write small evaluation sets in the real file formats and layouts under `out_dir` (new or empty).
+
+    Returns {name: keyword arguments of its loader}: "chexpert_5x200", "chexpert_8x200", "chexpert" (train.csv) and
+    "chexpert_valid" (valid.csv, also `load_chexpert`), "rsna", "siim", and "siim_with_test_ids" (`load_siim_acr`
+    with the tree's `test_ids.txt`, a stratified 30% of the images).
+
+    - CheXpert (`CheXpert-v1.0-small/`, JPGs of 160-192 x 176-208 px): `images_per_class` train images exclusively
+      positive for each 5x200 / 8x200 class, plus multi-label rows with uncertain (-1.0) and blank cells, each with a
+      lateral view; `images_per_class` valid studies labelled 1.0 / 0.0 only, two with a lateral view;
+      `chexpert_5x200.csv` (GLoRIA/MGCA: pandas index column, blanks as 0) and `chexpert_8x200.csv` (ConVIRT's
+      candidate.csv: no index, ConVIRT's class order) are subsets of train.csv.
+    - RSNA (`rsna-pneumonia/`): `images_per_class` Normal and Pneumonia patients, 192 px 8-bit DICOMs (one per class
+      MONOCHROME1), every third Pneumonia patient with two boxes (two label rows); unsorted label rows.
+    - SIIM (`siim-acr-pneumothorax/`): `images_per_class` images per class in nested study/series folders (one per
+      class MONOCHROME1); Pneumothorax rows carry the RLE of the drawn pleural air, every third image as two masks.
+
+    Findings are drawn by the synthetic MIMIC-EYE drawer (pneumonia and consolidation as focal opacities,
+    cardiomegaly as an enlarged heart, ...; see `DRAWN_AS` for the stand-ins). Lateral views are drawn as frontal
+    ones (the drawer has no lateral anatomy). Deterministic for a seed.
+    """
+    if images_per_class < 1:
+        raise ValueError(f"images_per_class must be at least 1, got {images_per_class}")
+    root = Path(out_dir)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty")
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
+    return {
+        **_write_chexpert(root, rngs[0], images_per_class),
+        **_write_rsna(root, rngs[1], images_per_class),
+        **_write_siim(root, rngs[2], images_per_class),
+    }
