@@ -169,3 +169,80 @@ def test_missing_repo_raises_an_error_naming_it(hub, tmp_path):
     assert "OSError" in report["types"] and "user/no-such-repo" in report["message"]
     assert report["cause"] == "RepositoryNotFoundError"
     assert "GET /api/models/user/no-such-repo/revision/main" in hub.requests  # answered 404 RepoNotFound
+
+
+PUSH_SCRIPT_REPO = "user/egma-card"
+
+REMOTE_PIPELINE_SCRIPT = WITHOUT_EGMA_HF + """
+import json
+from PIL import Image
+from transformers import pipeline
+repo, image = sys.argv[1], Image.open(sys.argv[2])
+classifier = pipeline("egma-zero-shot-image-classification", model=repo, trust_remote_code=True)
+print(json.dumps(classifier(image, class_prompts="chexpert_findings")))
+"""
+
+
+@pytest.fixture(scope="module")
+def pushed_with_script(hub, tmp_path_factory):
+    """A tiny model with a training config and an evaluation report, published by examples/push_to_hub.py."""
+    from egma_hf.evaluation import evaluate_single_label
+
+    root = tmp_path_factory.mktemp("script")
+    model_dir = root / "model"
+    tiny_model(0).save_pretrained(model_dir)
+    tiny_processor().save_pretrained(model_dir)
+    (model_dir / "training_config.json").write_text(json.dumps({"data": None, "synthetic_samples": 640,
+                                                                "gaze_fraction": 0.1, "epochs": 3, "seed": 0}))
+    rng = np.random.default_rng(0)
+    truth = rng.choice(["Normal", "Pneumonia"], 40)
+    report = {"dataset": "rsna", "dataset_name": "RSNA Pneumonia", "split": "test", "num_images": 40,
+              "model": str(model_dir), "prompt_set": "rsna", "ensemble": "max",
+              "zero_shot": evaluate_single_label(["Normal", "Pneumonia"], rng.random((40, 2)), truth, 100)}
+    (root / "report.json").write_text(json.dumps(report))
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN="hf_stand_in", HF_HOME=str(root / "home"), PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "examples/push_to_hub.py", "--model_dir", str(model_dir), "--repo_id", PUSH_SCRIPT_REPO,
+         "--eval_report", str(root / "report.json"), "--license", "cc-by-nc-4.0", "--datasets", "mimic-eye"],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return report
+
+
+def test_push_script_uploads_one_commit_with_code_processor_and_a_parsable_card(hub, pushed_with_script):
+    from huggingface_hub import ModelCard
+
+    from egma_hf.reporting import metric_rows
+
+    assert len(hub.repos[PUSH_SCRIPT_REPO]) == 2  # created empty, then everything in one commit
+    files = hub.files(PUSH_SCRIPT_REPO)
+    assert {"pipeline_egma.py", "zero_shot.py", "prompts.py", "processor_config.json", "README.md"} <= set(files)
+    config = json.loads(files["config.json"])
+    assert config["custom_pipelines"]["egma-zero-shot-image-classification"]["impl"] == (
+        "pipeline_egma.EGMAZeroShotImageClassificationPipeline")
+    card = ModelCard(files["README.md"].decode())
+    data = card.data
+    assert data.pipeline_tag == "zero-shot-image-classification" and data.library_name == "transformers"
+    assert data.license == "cc-by-nc-4.0" and data.datasets == ["mimic-eye"]
+    expected = {row["metric"]: round(100 * row["value"], 2) for row in metric_rows(pushed_with_script)}
+    assert {r.metric_name: r.metric_value for r in data.eval_results} == expected
+    assert {r.dataset_type for r in data.eval_results} == {"rsna"}
+    accuracy = pushed_with_script["zero_shot"]["accuracy"]
+    assert f"{100 * accuracy['value']:.1f} ({100 * accuracy['low']:.1f}–{100 * accuracy['high']:.1f})" in card.text
+    assert "**10%** of the training readings" in card.text and "not a medical device" in card.text
+    assert f'model="{PUSH_SCRIPT_REPO}"' in card.text
+
+
+def test_pushed_model_loads_with_identical_outputs_and_runs_the_medical_pipeline_remotely(
+        hub, pushed_with_script, processor, tmp_path):
+    from egma_hf import zero_shot_classify
+
+    logits = run_client(hub, tmp_path / "load", LOAD_SCRIPT, PUSH_SCRIPT_REPO, "main")["main"]
+    torch.testing.assert_close(torch.tensor(logits), logits_of(tiny_model(0), processor), rtol=0, atol=1e-6)
+    image_path = tmp_path / "xray.png"
+    Image.fromarray((np.random.default_rng(3).random((44, 40)) * 255).astype(np.uint8)).save(image_path)
+    scores = run_client(hub, tmp_path / "remote", REMOTE_PIPELINE_SCRIPT, PUSH_SCRIPT_REPO, str(image_path))
+    names, probabilities = zero_shot_classify(tiny_model(0), processor, [Image.open(image_path)], "chexpert_findings")
+    assert {e["label"]: e["score"] for e in scores} == pytest.approx(dict(zip(names, probabilities[0].tolist())),
+                                                                     abs=1e-6)

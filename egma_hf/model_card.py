@@ -1,0 +1,105 @@
+"""The model card of a trained EGMA model: `MODEL_CARD.md` (the template at the top of the egma_hf repository)
+filled in from the model's config, its `training_config.json` / `eval_results.json` (written by
+examples/pretrain.py) and evaluation reports (written by examples/evaluate.py), with Hub metadata
+(`pipeline_tag`, `library_name`, license, datasets, tags, `model-index`).
+"""
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .configuration_egma import EGMAConfig
+from .reporting import eval_results, results_table
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
+TAGS = ["egma", "chest-x-ray", "radiology", "eye-gaze", "medical", "clip", "vision-language"]
+SYNTHETIC_DATA = "egma_hf-synthetic-mimic-eye"
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tower(config) -> str:
+    name = getattr(config, "_name_or_path", "") or getattr(config, "architecture", "") or ""  # timm: architecture
+    sizes = {key: getattr(config, key) for key in ("hidden_size", "embed_dim", "num_hidden_layers", "depths")
+             if getattr(config, key, None) is not None}
+    described = config.model_type + (f" ({', '.join(f'{k} {v}' for k, v in sizes.items())})" if sizes else "")
+    return f"`{name}` — {described}" if name else described
+
+
+def pretraining_report(eval_results_json: dict) -> dict | None:
+    """examples/pretrain.py's held-out zero-shot AUROC as a report (no intervals), or None if it has none."""
+    test = (eval_results_json or {}).get("test")
+    if not test:
+        return None
+    return {"dataset": "pretraining-test-split", "dataset_name": "Pre-training data, held-out test split",
+            "split": "test", "num_images": test["num_images"],
+            "zero_shot": {"auroc": {k: {"value": v} for k, v in test["auroc"].items()}, "mean_auroc": test["mean_auroc"]}}
+
+
+def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, license: str = "apache-2.0",
+                     datasets=None, model_name: str | None = None) -> ModelCard:
+    """Fill the template for the model saved in `model_dir`.
+
+    Args:
+        repo_id: where it will live ("user/name"), used in the usage snippets.
+        reports: evaluation report dicts (examples/evaluate.py JSON); without any, the pre-training run's held-out
+            zero-shot AUROC is used when `eval_results.json` has it.
+        datasets: Hub dataset ids or names for the metadata; default: the training data named in
+            `training_config.json` (the synthetic corpus when it names none).
+    """
+    from . import __version__
+
+    model_dir = Path(model_dir)
+    template_path = Path(template_path) if template_path else DEFAULT_TEMPLATE
+    if not template_path.is_file():
+        raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=, e.g. the "
+                                "MODEL_CARD.md of an egma_hf checkout)")
+    config = EGMAConfig.from_pretrained(model_dir)
+    training = _read_json(model_dir / "training_config.json") or {}
+    if reports:
+        summary = "Zero-shot results, computed with egma_hf's `examples/evaluate.py`:"
+    else:
+        reports = [r for r in [pretraining_report(_read_json(model_dir / "eval_results.json"))] if r]
+        summary = ("Zero-shot AUROC of positive-vs-negative finding prompts on the held-out test split of the "
+                   "pre-training data, from `examples/pretrain.py` (no intervals):" if reports else
+                   "No evaluation results were supplied with this model.")
+    data = training.get("data")
+    datasets = list(datasets) if datasets else [Path(data).name if data else SYNTHETIC_DATA]
+
+    if data:
+        training_data = f"Readings from `{data}` (EGD-CXR / REFLACX / MIMIC-EYE format)."
+        scope = "adult chest radiographs from the MIMIC-CXR population (Beth Israel Deaconess Medical Center, Boston)"
+    elif training:
+        training_data = (f"The synthetic MIMIC-EYE-format corpus of egma_hf ({training.get('synthetic_samples')} "
+                         "readings of drawn chest-X-ray-like images with generated reports and gaze). It exists "
+                         "to test the software: **this model has not seen real X-rays.**")
+        scope = "synthetic images only"
+    else:
+        training_data, scope = "Not recorded with this model (no `training_config.json`).", "unknown data"
+    details = [f"- {label}: {training[key]}" for key, label in (("epochs", "Epochs"), ("batch_size", "Batch size"),
+               ("lr", "Learning rate"), ("seed", "Seed"), ("init_from", "Initialised from")) if training.get(key)]
+    gaze = training.get("gaze_fraction")
+
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="zero-shot-image-classification", license=license,
+        datasets=datasets, tags=TAGS, model_name=model_name or repo_id.split("/")[-1],
+        eval_results=eval_results(reports) or None,
+    )
+    return ModelCard.from_template(
+        card_data, template_path=str(template_path), repo_id=repo_id, model_name=card_data.model_name,
+        egma_hf_version=__version__, projection_dim=config.projection_dim, vision_model=_tower(config.vision_config),
+        text_model=_tower(config.text_config), losses=_losses(config), training_data=training_data,
+        training_data_scope=scope, gaze_fraction=f"{gaze:.0%}" if gaze is not None else "an unrecorded fraction",
+        training_details="\n".join(details), evaluation_summary=summary,
+        results_table=results_table(reports) if reports else "",
+    )
+
+
+def _losses(config: EGMAConfig) -> str:
+    weights = {"global InfoNCE": config.global_loss_weight, "gaze-guided MLCE": config.mlce_loss_weight,
+               "fine-grained contrast": config.fine_grained_loss_weight, "gaze-guided mapping (EGM)": config.egm_loss_weight}
+    used = [f"{name} × {weight:g}" for name, weight in weights.items() if weight]
+    return ", ".join(used) or "none recorded"

@@ -1,0 +1,73 @@
+"""Publish a trained EGMA model on the Hugging Face Hub, in one commit: weights, config, processor, the remote code
+(so `trust_remote_code=True` works for people without egma_hf installed, the medical zero-shot pipeline included)
+and a model card filled in from MODEL_CARD.md.
+
+    python examples/push_to_hub.py --model_dir egma-pretrain --repo_id you/egma-cxr \\
+        --eval_report eval/rsna/report.json eval/chexpert_5x200/report.json
+    python examples/push_to_hub.py --model_dir egma-pretrain --repo_id you/egma-cxr --dry_run staged/   # no upload
+
+Log in first (`hf auth login` or HF_TOKEN). HF_ENDPOINT points it at another Hub (a private one, or a test server).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from egma_hf import EGMAModel, EGMAProcessor
+from egma_hf.model_card import build_model_card
+from egma_hf.pipeline_egma import CUSTOM_PIPELINES
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a directory written by pretrain.py or save_pretrained")
+    parser.add_argument("--repo_id", required=True, help="user/name or org/name on the Hub")
+    parser.add_argument("--eval_report", nargs="*", default=[], help="report.json files from examples/evaluate.py")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--datasets", nargs="*", help="dataset names for the card metadata (default: training data)")
+    parser.add_argument("--card_template", help="model card template (default: MODEL_CARD.md of this checkout)")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--commit_message", default="Upload EGMA model")
+    parser.add_argument("--dry_run", metavar="DIR", help="write what would be uploaded to DIR and stop")
+    return parser.parse_args(argv)
+
+
+def stage(args, folder: Path) -> None:
+    """Write everything the repository gets into `folder`."""
+    model = EGMAModel.from_pretrained(args.model_dir)
+    processor = EGMAProcessor.from_pretrained(args.model_dir)
+    model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("egma-zero-shot-image-classification", remote code)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    reports = []
+    for path in args.eval_report:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--eval_report {path}: no such file")
+        reports.append(json.loads(Path(path).read_text()))
+    card = build_model_card(args.model_dir, args.repo_id, reports, template_path=args.card_template,
+                            license=args.license, datasets=args.datasets)
+    card.save(folder / "README.md")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.dry_run:
+        stage(args, Path(args.dry_run))
+        print(f"staged in {args.dry_run}/: " + ", ".join(sorted(p.name for p in Path(args.dry_run).iterdir())))
+        return 0
+    api = HfApi()
+    with tempfile.TemporaryDirectory() as folder:
+        stage(args, Path(folder))
+        url = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        commit = api.upload_folder(repo_id=args.repo_id, folder_path=folder, commit_message=args.commit_message)
+    print(f"pushed to {url} (commit {commit.oid})")
+    print(f'pipeline("egma-zero-shot-image-classification", model="{args.repo_id}", trust_remote_code=True)')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
