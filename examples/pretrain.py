@@ -39,7 +39,9 @@ from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
 from egma_hf.data import (
     EGMADataCollator,
     HeatmapSettings,
+    build_once,
     by_split,
+    default_cache_dir,
     load_egd_cxr,
     load_mimic_eye,
     load_reflacx,
@@ -75,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--config", help="YAML or JSON file with any of these flags")
     add("--data", help="MIMIC-EYE / EGD-CXR / REFLACX root, or a dataset saved with save_to_disk (default: synthetic)")
     add("--image_root", help="MIMIC-CXR(-JPG) root, for EGD-CXR and REFLACX roots")
-    add("--cache_dir", default=os.environ.get("EGMA_HF_CACHE", str(Path.home() / ".cache" / "egma_hf")))
+    add("--cache_dir", default=str(default_cache_dir()))
     add("--synthetic_samples", type=int, default=640, help="readings in the synthetic corpus")
     add("--heatmap_recipe", default="auto", help='"egma", "reflacx", "egd", a sigma in pixels, or auto')
     add("--output_dir", default="egma-pretrain")
@@ -160,16 +162,10 @@ def load_readings(args, accelerator) -> tuple[datasets.Dataset, str]:
     if args.data is None:
         corpus = Path(args.cache_dir) / f"synthetic-{args.synthetic_samples}-seed{args.seed}"
         cached = corpus.with_name(corpus.name + f"-readings-{recipe}")
-        if accelerator.is_main_process and not cached.exists():
-            if not corpus.exists():  # written aside and renamed: an interrupted generation is never mistaken for one
-                partial = corpus.with_name(corpus.name + ".tmp")
-                shutil.rmtree(partial, ignore_errors=True)
-                make_synthetic_mimic_eye(partial, args.synthetic_samples, args.seed)
-                os.replace(partial, corpus)
+        if accelerator.is_main_process:
+            build_once(corpus, lambda folder: make_synthetic_mimic_eye(folder, args.synthetic_samples, args.seed))
             settings = HeatmapSettings(recipe=12.0 if recipe == "auto" else _recipe(recipe))
-            shutil.rmtree(str(cached) + ".tmp", ignore_errors=True)
-            load_mimic_eye(corpus, settings).save_to_disk(str(cached) + ".tmp")
-            os.replace(str(cached) + ".tmp", cached)
+            build_once(cached, lambda folder: load_mimic_eye(corpus, settings).save_to_disk(str(folder)))
         accelerator.wait_for_everyone()
         return datasets.load_from_disk(cached), f"synthetic corpus ({args.synthetic_samples} readings) in {corpus}"
     root = Path(args.data)

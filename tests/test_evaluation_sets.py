@@ -357,13 +357,15 @@ def test_images_decode_and_monochrome1_is_inverted(sets):
 
 
 def test_registry_names_loaders_classes_and_prompt_sets(sets):
+    from egma_hf.zero_shot import resolve_class_prompts
+
     assert set(EVALUATION_SETS) == {"chexpert_5x200", "chexpert_8x200", "rsna", "siim", "chexpert"}
     for name, (loader, classes, prompt_set) in EVALUATION_SETS.items():
         data = loader(**sets[name])
         assert set(data["label"]) <= set(classes) | {""}
         assert {label for labels in data["labels"] for label in labels} <= set(classes)
         if prompt_set is not None:
-            assert set(getattr(prompts, prompt_set)()) == set(classes)
+            assert set(resolve_class_prompts(prompt_set)[0]) == set(classes)
     assert tuple(prompts.CHEXPERT_8X200_QUERIES) == EVALUATION_SETS["chexpert_8x200"].classes
 
 

@@ -23,8 +23,8 @@ Splits are computed on every id in the label file before images are looked up, s
 on which other images are on disk. Nothing is dropped silently: rows that cannot be used are counted by reason,
 logged as one line (logger `egma_hf.data`) and kept in `dataset.info.description`.
 
-`EVALUATION_SETS` maps a set name to its loader, class names and default prompt-set function (in
-`egma_hf.prompts`). `make_synthetic_evaluation_sets` writes small trees in all these formats, with images drawn by
+`EVALUATION_SETS` maps a set name to its loader, class names and default built-in prompt set (a name that
+`egma_hf.zero_shot` resolves). `make_synthetic_evaluation_sets` writes small trees in all these formats, with images drawn by
 the synthetic MIMIC-EYE corpus's chest X-ray drawer.
 """
 
@@ -548,18 +548,18 @@ def _rle_decode(rle: str, height: int, width: int) -> np.ndarray:
 
 
 class EvaluationSet(NamedTuple):
-    """A set's loader, its class names, and the prompt-set function that goes with it."""
+    """A set's loader, its class names, and the built-in prompt set that goes with it."""
 
     loader: Callable[..., datasets.Dataset]
     classes: tuple[str, ...]
-    prompt_set: str | None  # name of a function in egma_hf.prompts returning {class: prompts}, if any
+    prompt_set: str | None  # a key of egma_hf.zero_shot.BUILTIN_PROMPT_SETS, if the set has one
 
 
 EVALUATION_SETS = {
-    "chexpert_5x200": EvaluationSet(load_chexpert_5x200, CHEXPERT_5X200_CLASSES, "chexpert_5x200_prompts"),
-    "chexpert_8x200": EvaluationSet(load_chexpert_8x200, CHEXPERT_8X200_CLASSES, None),  # CHEXPERT_8X200_QUERIES
-    "rsna": EvaluationSet(load_rsna_pneumonia, RSNA_CLASSES, "rsna_prompts"),
-    "siim": EvaluationSet(load_siim_acr, SIIM_CLASSES, "siim_acr_prompts"),
+    "chexpert_5x200": EvaluationSet(load_chexpert_5x200, CHEXPERT_5X200_CLASSES, "chexpert_5x200"),
+    "chexpert_8x200": EvaluationSet(load_chexpert_8x200, CHEXPERT_8X200_CLASSES, "chexpert_8x200"),  # retrieval
+    "rsna": EvaluationSet(load_rsna_pneumonia, RSNA_CLASSES, "rsna"),
+    "siim": EvaluationSet(load_siim_acr, SIIM_CLASSES, "siim_acr"),
     "chexpert": EvaluationSet(load_chexpert, CHEXPERT_COMPETITION_TASKS, None),  # linear probe
 }
 

@@ -1,0 +1,241 @@
+"""Evaluate an EGMA model on a chest X-ray evaluation set: a JSON and a Markdown report, ROC curves and (for
+single-label sets) a confusion matrix as PNG, every number with a 95% bootstrap interval.
+
+    python examples/evaluate.py --model egma-pretrain --dataset rsna --data /data/rsna-pneumonia
+    python examples/evaluate.py --model egma-pretrain --dataset chexpert_5x200 --data chexpert_5x200.csv \\
+        --images_root /data/chexpert
+    python examples/evaluate.py --model egma-pretrain --dataset rsna          # the synthetic twin, built once
+    python examples/evaluate.py --model you/egma-cxr --dataset mimic_eye      # pre-training corpus, test split
+
+Sets and what is measured (the paper's protocols, Sec. 4.1):
+- chexpert_5x200, rsna, siim: single-label zero-shot classification with the set's prompts (`--prompts`), classes
+  matched by name: accuracy, macro-F1, one-vs-rest AUROC, confusion matrix. A constant predictor is flagged.
+- chexpert_8x200: image->text and text->image retrieval with the 40 expert queries: Precision@K (the paper's) and
+  Recall@K.
+- chexpert (official valid.csv), mimic_eye: multi-label zero-shot AUROC per finding from positive/negative prompt
+  pairs (`--prompts chexpert_findings` by default).
+`--data` is the set's CSV (CheXpert sets) or root folder (rsna, siim, mimic_eye); without it, a small synthetic set
+in the same format is built once under $EGMA_HF_CACHE (default ~/.cache/egma_hf).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from egma_hf import EGMAModel, EGMAProcessor, ZeroShotClassifier, __version__
+from egma_hf.data import (
+    EVALUATION_SETS,
+    build_once,
+    default_cache_dir,
+    image_size_of,
+    load_image,
+    load_mimic_eye,
+    make_synthetic_evaluation_sets,
+    make_synthetic_mimic_eye,
+)
+from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label, retrieval_metrics
+from egma_hf.metrics import bootstrap_ci, precision_at_k, recall_at_k
+from egma_hf.reporting import markdown_report
+from egma_hf.zero_shot import CHEXPERT_8X200_QUERIES, embed_prompts
+
+logger = logging.getLogger("evaluate")
+
+SETS = {  # name -> (task, default prompt set, readable name)
+    "chexpert_5x200": ("single_label", "chexpert_5x200", "CheXpert 5x200"),
+    "rsna": ("single_label", "rsna", "RSNA Pneumonia"),
+    "siim": ("single_label", "siim_acr", "SIIM-ACR Pneumothorax"),
+    "chexpert_8x200": ("retrieval", None, "CheXpert 8x200"),
+    "chexpert": ("multi_label", "chexpert_findings", "CheXpert (official split)"),
+    "mimic_eye": ("multi_label", "chexpert_findings", "MIMIC-EYE"),
+}
+SYNTHETIC_KEYS = {"chexpert": "chexpert_valid"}  # the synthetic tree's valid.csv is CheXpert's test set
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved EGMA directory or a Hub id")
+    parser.add_argument("--dataset", required=True, choices=sorted(SETS))
+    parser.add_argument("--data", help="the set's CSV (CheXpert sets) or root folder; default: a synthetic twin")
+    parser.add_argument("--images_root", help="CheXpert sets: the folder holding train/ and valid/ (default: CSV's)")
+    parser.add_argument("--test_ids", help="siim: a file of ImageIds forming the test split")
+    parser.add_argument("--split", default="test", help="the split to evaluate, or 'all'")
+    parser.add_argument("--prompts", help="a built-in prompt set name or a JSON file {class: prompts}")
+    parser.add_argument("--ensemble", default="max", choices=["max", "mean"])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="retrieval cut-offs")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (a smoke run)")
+    parser.add_argument("--output_dir", help="default: eval/<dataset>")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def load_rows(args):
+    """The evaluation images as a Dataset with `image`, `label` and `labels` columns, and where they came from."""
+    if args.data is None:
+        cache = default_cache_dir()
+        if args.dataset == "mimic_eye":
+            root = build_once(cache / "synthetic-640-seed0", lambda folder: make_synthetic_mimic_eye(folder, 640, 0))
+            return load_mimic_eye(root), f"synthetic MIMIC-EYE corpus {root}"
+        sets = build_once(cache / "synthetic-evaluation-100-seed0",
+                          lambda folder: make_synthetic_evaluation_sets(folder, images_per_class=100, seed=0))
+        kwargs = make_paths_absolute(sets, SYNTHETIC_KEYS.get(args.dataset, args.dataset))
+        return EVALUATION_SETS[args.dataset].loader(**kwargs), f"synthetic {args.dataset} twin in {sets}"
+    data = Path(args.data)
+    if args.dataset == "mimic_eye":
+        return load_mimic_eye(data), f"MIMIC-EYE {data}"
+    loader = EVALUATION_SETS[args.dataset].loader
+    if args.dataset in ("rsna", "siim"):
+        extra = {"test_ids": args.test_ids} if args.dataset == "siim" and args.test_ids else {}
+        return loader(data, **extra), str(data)
+    return loader(data, args.images_root or data.parent), str(data)
+
+
+def make_paths_absolute(root: Path, name: str) -> dict:
+    """Loader arguments of a synthetic set, rebuilt from its layout (the cache keeps files, not the returned dict)."""
+    chexpert, rsna, siim = root / "CheXpert-v1.0-small", root / "rsna-pneumonia", root / "siim-acr-pneumothorax"
+    return {
+        "chexpert_5x200": {"csv_path": chexpert / "chexpert_5x200.csv", "images_root": chexpert},
+        "chexpert_8x200": {"csv_path": chexpert / "chexpert_8x200.csv", "images_root": chexpert},
+        "chexpert_valid": {"csv_path": chexpert / "valid.csv", "images_root": chexpert},
+        "rsna": {"root": rsna},
+        "siim": {"root": siim, "test_ids": siim / "test_ids.txt"},
+    }[name]
+
+
+def check_images(paths: list[str]) -> None:
+    """Every image must exist and have a readable header before any model work starts."""
+    failures = []
+    for path in paths:
+        try:
+            image_size_of(path)
+        except Exception as error:  # noqa: BLE001 - reported below, file by file
+            failures.append(f"{path}: {type(error).__name__}: {error}")
+    if failures:
+        raise SystemExit(f"{len(failures)} of {len(paths)} images cannot be read:\n  " + "\n  ".join(failures[:10]))
+
+
+def image_batches(processor, paths: list[str], batch_size: int):
+    for start in range(0, len(paths), batch_size):
+        pictures = []
+        for path in paths[start : start + batch_size]:
+            try:
+                pictures.append(load_image(path))
+            except Exception as error:
+                raise SystemExit(f"cannot decode {path}: {type(error).__name__}: {error}") from error
+        yield processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+
+
+def class_prompts(args, default: str):
+    name = args.prompts or default
+    if name.endswith(".json"):
+        return json.loads(Path(name).read_text()), name
+    return name, name
+
+
+def retrieval(model, tokenizer, image_embeds, image_labels, ks, num_bootstrap, seed) -> dict:
+    """The paper's 8x200 retrieval: every image against the 40 expert queries, relevant = same class."""
+    texts = [(name, query) for name, queries in CHEXPERT_8X200_QUERIES.items() for query in queries]
+    text_embeds = embed_prompts(model, tokenizer, [query for _, query in texts])
+    text_labels = [name for name, _ in texts]
+    point = retrieval_metrics(image_embeds, image_labels, text_embeds, text_labels, ks)
+    scores = (image_embeds @ text_embeds.t()).cpu().numpy()
+    relevant = np.asarray(image_labels, dtype=object)[:, None] == np.asarray(text_labels, dtype=object)[None, :]
+    result = {}
+    for direction, (s, r) in {"i2t": (scores, relevant), "t2i": (scores.T, relevant.T)}.items():
+        result[direction] = {}
+        for kind, metric in (("precision", precision_at_k), ("recall", recall_at_k)):
+            result[direction][kind] = {
+                k: bootstrap_ci(lambda s_, r_, k=k, metric=metric: metric(s_, r_, k), s, r,
+                                num_samples=num_bootstrap, seed=seed)
+                for k in point[direction][kind]
+            }
+    return result
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    task, default_prompts, readable = SETS[args.dataset]
+    output_dir = Path(args.output_dir or Path("eval") / args.dataset)
+
+    rows, source = load_rows(args)
+    if args.split != "all":
+        rows = rows.filter(lambda split: split == args.split, input_columns="split")
+    if args.limit:
+        rows = rows.select(range(min(args.limit, len(rows))))
+    if len(rows) == 0:
+        raise SystemExit(f"no images in the {args.split!r} split of {source}")
+    paths = list(rows["image"])
+    check_images(paths)
+
+    model = EGMAModel.from_pretrained(args.model).eval()
+    processor = EGMAProcessor.from_pretrained(args.model)
+    report = {"model": args.model, "dataset": args.dataset, "dataset_name": readable, "data": source,
+              "split": args.split, "num_images": len(rows), "egma_hf_version": __version__,
+              "bootstrap_samples": args.bootstrap}
+    if task != "retrieval":  # refuse a bad prompt set before embedding any image
+        prompts, prompt_name = class_prompts(args, default_prompts)
+        classifier = ZeroShotClassifier.from_prompts(model, processor.tokenizer, prompts, args.ensemble)
+        report.update(prompt_set=prompt_name, ensemble=args.ensemble)
+    logger.info("embedding %d images from %s", len(rows), source)
+    image_embeds = embed_images(model, image_batches(processor, paths, args.batch_size))
+
+    curves = {}  # finding -> (truth, scores) for the ROC plot
+    if task == "retrieval":
+        report["retrieval"] = retrieval(model, processor.tokenizer, image_embeds, list(rows["label"]), args.ks,
+                                        args.bootstrap, args.seed)
+    else:
+        multi_label = task == "multi_label"
+        if classifier.multi_label != multi_label:
+            needed = "(positive, negative) prompt pairs per finding" if multi_label else "one prompt list per class"
+            raise SystemExit(f"--prompts {report['prompt_set']} does not fit {args.dataset}: it needs {needed}")
+        probabilities = classifier.probabilities(image_embeds).cpu().numpy()
+        evaluate = evaluate_multi_label if multi_label else evaluate_single_label
+        labels = list(rows["labels"] if multi_label else rows["label"])
+        report["zero_shot"] = evaluate(classifier.class_names, probabilities, labels, args.bootstrap, args.seed)
+        curves = {}
+        for column, name in enumerate(classifier.class_names):
+            if name in report["zero_shot"]["auroc"]:
+                truth = np.array([name in row for row in labels] if multi_label else [row == name for row in labels])
+                curves[name] = (truth, probabilities[:, column])
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    (output_dir / "report.md").write_text(markdown_report(report))
+    write_plots(report, curves, output_dir)
+    print(markdown_report(report))
+    print(f"written to {output_dir}/")
+    return 0
+
+
+def write_plots(report: dict, curves: dict, output_dir: Path) -> None:
+    try:
+        from egma_hf.visualization import plot_confusion_matrix, plot_roc_curves
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'egma_hf[viz]'): no PNG plots")
+        return
+    title = f"{report['dataset_name']} ({report['split']})"
+    if curves:
+        plot_roc_curves(curves, output_dir / "roc_curves.png", title=title)
+    if "confusion_matrix" in report.get("zero_shot", {}):
+        names = list(report["zero_shot"]["class_counts"])
+        plot_confusion_matrix(report["zero_shot"]["confusion_matrix"], names, output_dir / "confusion_matrix.png",
+                              title=title)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
