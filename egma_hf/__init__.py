@@ -57,6 +57,7 @@ PIPELINE_REGISTRY.register_pipeline(
 # save_pretrained copies the code next to the weights, so trust_remote_code=True works without egma_hf installed.
 EGMAConfig.register_for_auto_class()
 EGMAModel.register_for_auto_class("AutoModel")
+EGMAForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 EGMAImageProcessor.register_for_auto_class("AutoImageProcessor")
 EGMAProcessor.register_for_auto_class("AutoProcessor")
 

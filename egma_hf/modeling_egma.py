@@ -452,17 +452,31 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
         self.post_init()
 
     def freeze_vision_model(self):
-        """Linear probe: only the head trains."""
+        """Linear probe: only the head trains. The tower also stays in eval mode through `train()`, so batch-norm
+        statistics and dropout do not change what a frozen tower computes."""
+        self._vision_frozen = True
         self.vision_model.requires_grad_(False)
+        self.vision_model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_vision_frozen", False):
+            self.vision_model.eval()
+        return self
+
+    def get_pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C): the tower's pooled, un-projected feature, the classifier's input."""
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+        pooled = outputs.pooler_output
+        if pooled is None:  # towers without a pooler: the mean over all tokens or positions
+            hidden = outputs.last_hidden_state
+            pooled = hidden.flatten(2).mean(-1) if hidden.ndim == 4 else hidden.mean(1)
+        return pooled.flatten(1)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         """pixel_values (B, 3, H, W); labels (B,) class ids or (B, num_labels) floats -> logits (B, num_labels)."""
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
-        pooled = outputs.pooler_output
-        if pooled is None:  # towers without a pooler: mean over the tokens (after any class token)
-            hidden = outputs.last_hidden_state
-            pooled = hidden.flatten(2).mean(-1) if hidden.ndim == 4 else hidden.mean(1)
-        logits = self.classifier(pooled.flatten(1))
+        pooled = self.get_pooled_features(pixel_values)
+        logits = self.classifier(pooled)
         loss = None
         if labels is not None:
             problem = self.config.problem_type or (
@@ -477,7 +491,7 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
                 loss = F.cross_entropy(logits.float(), labels.long())
             else:
                 raise ValueError(f"problem_type {problem!r} is not supported; use multi- or single-label classification")
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None))
+        return ImageClassifierOutput(loss=loss, logits=logits)
 
 
 __all__ = [

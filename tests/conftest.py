@@ -1,5 +1,8 @@
 """Tiny random EGMA models, a tokenizer built in memory and synthetic inputs: no download anywhere."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +105,12 @@ try:
 except ImportError:
     pass
 """
+
+
+def load_example(name: str):
+    """An examples/ script as a module, so tests call its main() in-process."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

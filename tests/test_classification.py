@@ -1,12 +1,17 @@
 """EGMAForImageClassification: pretrained image tower + linear head, the losses it picks, a linear probe."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification
 
 from egma_hf import EGMAForImageClassification, EGMAModel
-from tests.conftest import tiny_config
+from tests.conftest import WITHOUT_EGMA_HF, tiny_config
 
 PIXELS = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -54,14 +59,38 @@ def test_linear_probe_trains_only_the_head_and_round_trips(pretrained, tmp_path)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     labels = torch.tensor([0, 1, 0, 1])
     first = model.train()(pixel_values=PIXELS, labels=labels).loss
+    assert model.training and model.classifier.training and not model.vision_model.training  # frozen = eval
     for _ in range(20):
         optimizer.zero_grad()
         model(pixel_values=PIXELS, labels=labels).loss.backward()
         optimizer.step()
     assert model(pixel_values=PIXELS, labels=labels).loss < first
-    for name, tensor in model.vision_model.state_dict().items():
-        if tensor.is_floating_point() and "running" not in name:
-            torch.testing.assert_close(tensor, before[name])
+    for name, tensor in model.vision_model.state_dict().items():  # buffers (e.g. batch-norm statistics) too
+        torch.testing.assert_close(tensor, before[name])
     model.save_pretrained(tmp_path / "probe")
     reloaded = EGMAForImageClassification.from_pretrained(tmp_path / "probe")
     torch.testing.assert_close(reloaded.eval()(pixel_values=PIXELS).logits, model.eval()(pixel_values=PIXELS).logits)
+
+
+REMOTE_CLASSIFIER_SCRIPT = WITHOUT_EGMA_HF + """
+import json, torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+print(json.dumps({"module": type(model).__module__, "logits": model(pixel_values=pixels).logits.tolist()}))
+"""
+
+
+def test_a_saved_classifier_loads_with_remote_code_without_egma_hf(pretrained, tmp_path):
+    _, path = pretrained
+    model = EGMAForImageClassification.from_pretrained(path, num_labels=3).eval()
+    model.save_pretrained(tmp_path / "classifier")
+    auto_map = json.loads((tmp_path / "classifier" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_egma.EGMAForImageClassification"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", REMOTE_CLASSIFIER_SCRIPT, str(tmp_path / "classifier")],
+                            capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules")
+    torch.testing.assert_close(torch.tensor(report["logits"]), model(pixel_values=PIXELS).logits, atol=1e-5, rtol=1e-5)

@@ -1,7 +1,6 @@
 """examples/evaluate.py end to end on synthetic evaluation sets in the real formats: reports, plots, a constant
 predictor flagged, retrieval invariants, and bad input refused before any model work."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,11 @@ from PIL import Image
 
 from egma_hf import EGMAModel
 from egma_hf.data import load_mimic_eye, make_synthetic_evaluation_sets, make_synthetic_mimic_eye
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "examples" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_example
 
 
-evaluate_script = load_script()
+
+evaluate_script = load_example("evaluate")
 
 
 @pytest.fixture(scope="module")
