@@ -14,6 +14,7 @@ The standard `pipeline("zero-shot-image-classification")` keeps working for sing
 
 import json
 
+import numpy as np
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
@@ -37,7 +38,8 @@ class EGMAZeroShotImageClassificationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
 
     def __call__(self, images, **kwargs):
-        """images: a path, URL, PIL image or numpy array, or a list of them. Keyword arguments: `class_prompts`
+        """images: a path or URL (PNG/JPG), a PIL image or an (H, W) / (H, W, C) array (read DICOM files with
+        `egma_hf.data.load_image`), or a list of them. Keyword arguments: `class_prompts`
         (dict or built-in set name) or `candidate_labels` (+ `hypothesis_template`, default "{}"), `ensemble`
         ("max" or "mean"), `top_k`, `timeout`."""
         if (kwargs.get("class_prompts") is None) == (kwargs.get("candidate_labels") is None):
@@ -72,7 +74,8 @@ class EGMAZeroShotImageClassificationPipeline(Pipeline):
         return self._classifiers[key]
 
     def preprocess(self, image, timeout=None):
-        image = load_image(image, timeout=timeout)
+        if not isinstance(image, np.ndarray):  # arrays (e.g. egma_hf.data.load_image of a DICOM) go in as they are
+            image = load_image(image, timeout=timeout)
         return self.image_processor(images=[image], return_tensors="pt").to(self.dtype)
 
     def _forward(self, model_inputs, classifier):

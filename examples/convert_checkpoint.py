@@ -16,7 +16,7 @@ import sys
 from egma_hf.conversion import load_original_checkpoint
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="pytorch_model.bin, or the folder that holds it")
     parser.add_argument("--output_dir", required=True, help="where to save the EGMA model")
@@ -25,8 +25,11 @@ def main(argv=None) -> int:
         "--allow_partial", action="store_true",
         help="save even if some EGMA weights are missing from the checkpoint or some checkpoint keys are unknown",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         model, report = load_original_checkpoint(
             args.checkpoint, config=args.config, strict=not args.allow_partial, return_report=True

@@ -15,10 +15,14 @@ what huggingface_hub 2.4 and transformers 5 ask for:
 ``<rev>`` is ``main`` or a commit sha. Missing repos, revisions and files get a 404 whose ``X-Error-Code`` the client
 turns into RepositoryNotFoundError, RevisionNotFoundError or EntryNotFoundError.
 
+Run it on its own to try publishing without a Hub account (docs/hub.md): ``python -m tests.hub_stand_in --port 8800``
+serves until interrupted; point clients at it with ``HF_ENDPOINT=http://127.0.0.1:8800 HF_TOKEN=anything``.
+
 Not implemented: LFS and Xet uploads, authentication (any token is accepted and every repo is public), branches other
 than ``main``, tags, pull requests, dataset and space repos, paths-info, pagination and range requests.
 """
 
+import argparse
 import base64
 import hashlib
 import json
@@ -60,11 +64,11 @@ def _blob_id(content: bytes) -> str:
 class HubStandIn:
     """The server and its repos: ``with HubStandIn() as hub:`` serves at ``hub.url`` until the block ends."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.repos: dict[str, list[Commit]] = {}  # repo id -> commits, oldest first; main is the last one
         self.requests: list[str] = []  # "METHOD /path", in arrival order
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.daemon_threads = True
         self._server.hub = self
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -194,3 +198,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         """Stay quiet: `HubStandIn.requests` records the traffic."""
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="A local stand-in for the Hugging Face Hub (repos kept in memory).")
+    parser.add_argument("--port", type=int, default=8800)
+    port = parser.parse_args().port
+    with HubStandIn(port) as hub:
+        print(f"Hub stand-in at {hub.url}; use HF_ENDPOINT={hub.url} HF_TOKEN=anything. Ctrl-C stops it.", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
