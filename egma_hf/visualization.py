@@ -1,4 +1,5 @@
-"""Pictures: an X-ray with each sentence's gaze heatmap overlaid, and evaluation plots (confusion matrix, ROC).
+"""Pictures: an X-ray with each sentence's gaze heatmap overlaid, evaluation plots (confusion matrix, ROC), 2-D
+projections of embeddings by class, and sentence->patch similarity maps next to the radiologist's gaze.
 
 Needs matplotlib (`pip install 'egma_hf[viz]'`).
 """
@@ -103,4 +104,94 @@ def plot_roc_curves(curves: dict, path=None, title: str = ""):
     figure.tight_layout()
     if path is not None:
         figure.savefig(path)
+    return figure
+
+
+def plot_embedding_projection(points, labels, path=None, title: str = "", scores: dict | None = None):
+    """2-D projections of image embeddings (`egma_hf.analysis.project_embeddings`), one panel per model, dots
+    coloured by class.
+
+    Args:
+        points: {model name: (N, 2) array}, or one (N, 2) array for a single panel.
+        labels: N class names, shared by every panel.
+        scores: optional {model name: silhouette}; each panel's title then shows its score.
+        path: where to save the PNG, or None to only return the figure.
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _pyplot()
+    panels = dict(points) if isinstance(points, dict) else {"": points}
+    labels = np.asarray(labels, dtype=object)
+    if not panels:
+        raise ValueError("no projection to draw")
+    for name, xy in panels.items():
+        if np.shape(xy) != (len(labels), 2):
+            raise ValueError(f"{name or 'points'}: need ({len(labels)}, 2) points, one per label, got {np.shape(xy)}")
+    classes = sorted(set(labels.tolist()))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 4.4), dpi=DPI, squeeze=False)
+    for axis, (name, xy) in zip(axes.flat, panels.items()):
+        xy = np.asarray(xy, np.float64)
+        for index, name_of_class in enumerate(classes):
+            chosen = labels == name_of_class
+            axis.scatter(xy[chosen, 0], xy[chosen, 1], s=14, color=colours(index % colours.N), label=name_of_class)
+        score = (scores or {}).get(name)
+        axis.set_title(name + (f"\nsilhouette {score:.3f}" if score is not None else ""), fontsize=10)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="center right", fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0, 1 - 1.8 / figure.get_figwidth(), 1))
+    if path is not None:
+        figure.savefig(path)
+    return figure
+
+
+def plot_similarity_vs_gaze(image, sentences, similarity_maps, gaze_maps, path=None, captions=None,
+                            alpha: float = 0.5):
+    """One row per sentence: the image with each model's sentence->patch similarity on top, then the image with
+    the radiologist's gaze for that sentence.
+
+    Args:
+        image: (H, W) array in [0, 1] (or an image path) that the maps cover: for EGMA, the padded square the
+            model sees, since its patch grid covers that square.
+        sentences: S sentences.
+        similarity_maps: (S, h, w) maps, or {model name: (S, h, w)} for one column per model.
+        gaze_maps: (S, h', w') gaze maps over the same image (e.g. pooled to the same grid, to compare like for like).
+        captions: optional {model name: S strings} shown under each similarity panel's title (e.g. the scores).
+        path: where to save the PNG, or None to only return the figure.
+    Each map is drawn min-max scaled to its own range, interpolated over the image.
+    """
+    plt = _pyplot()
+    pixels = load_image(image) if isinstance(image, (str, Path)) else np.asarray(image, np.float32)
+    columns = dict(similarity_maps) if isinstance(similarity_maps, dict) else {"similarity": similarity_maps}
+    gaze_maps = np.asarray(gaze_maps, np.float32)
+    if len(sentences) == 0:
+        raise ValueError("no sentences to draw")
+    for name, maps in {**columns, "gaze": gaze_maps}.items():
+        if np.ndim(maps) != 3 or len(maps) != len(sentences):
+            raise ValueError(f"{name}: need one 2-D map per sentence ({len(sentences)}), got shape {np.shape(maps)}")
+    height, width = pixels.shape
+    extent = (0, width, height, 0)
+    rows, count = len(sentences), len(columns) + 1
+    figure, axes = plt.subplots(rows, count, figsize=(PANEL_INCHES[0] * count, PANEL_INCHES[1] * rows), dpi=DPI,
+                                squeeze=False)
+    for row, sentence in enumerate(sentences):
+        panels = [(name, np.asarray(maps[row], np.float32), "viridis") for name, maps in columns.items()]
+        panels.append(("radiologist's gaze", gaze_maps[row], "jet"))
+        for axis, (name, heatmap, colour_map) in zip(axes[row], panels):
+            low, high = float(heatmap.min()), float(heatmap.max())
+            axis.imshow(pixels, cmap="gray", vmin=0, vmax=1, extent=extent)
+            axis.imshow(heatmap, cmap=colour_map, alpha=alpha, extent=extent, vmin=low, vmax=max(high, low + 1e-6),
+                        interpolation="bilinear")
+            caption = (captions or {}).get(name)
+            label = name + (f": {caption[row]}" if caption is not None else "")
+            text = "\n".join(textwrap.wrap(sentence, 34)[:3]) if axis is axes[row][0] else ""
+            axis.set_title(f"{text}\n{label}" if text else label, fontsize=8)
+            axis.axis("off")
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.94, wspace=0.05, hspace=0.35)
+    if path is not None:
+        figure.savefig(path, dpi=DPI)
     return figure

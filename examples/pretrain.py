@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--image_root", help="MIMIC-CXR(-JPG) root, for EGD-CXR and REFLACX roots")
     add("--cache_dir", default=str(default_cache_dir()))
     add("--synthetic_samples", type=int, default=640, help="readings in the synthetic corpus")
+    add("--corpus_seed", type=int, default=None,
+        help="seed of the synthetic corpus (default: --seed); fix it to train several seeds on one corpus")
     add("--heatmap_recipe", default="auto", help='"egma", "reflacx", "egd", a sigma in pixels, or auto')
     add("--output_dir", default="egma-pretrain")
     add("--overwrite_output_dir", action="store_true")
@@ -160,10 +162,11 @@ def load_readings(args, accelerator) -> tuple[datasets.Dataset, str]:
     """The readings as one Dataset with a `split` column, and a description of where they came from."""
     recipe = args.heatmap_recipe
     if args.data is None:
-        corpus = Path(args.cache_dir) / f"synthetic-{args.synthetic_samples}-seed{args.seed}"
+        seed = args.seed if args.corpus_seed is None else args.corpus_seed
+        corpus = Path(args.cache_dir) / f"synthetic-{args.synthetic_samples}-seed{seed}"
         cached = corpus.with_name(corpus.name + f"-readings-{recipe}")
         if accelerator.is_main_process:
-            build_once(corpus, lambda folder: make_synthetic_mimic_eye(folder, args.synthetic_samples, args.seed))
+            build_once(corpus, lambda folder: make_synthetic_mimic_eye(folder, args.synthetic_samples, seed))
             settings = HeatmapSettings(recipe=12.0 if recipe == "auto" else _recipe(recipe))
             build_once(cached, lambda folder: load_mimic_eye(corpus, settings).save_to_disk(str(folder)))
         accelerator.wait_for_everyone()
@@ -276,7 +279,9 @@ def evaluate(model, tokenizer, dataset, collate, batch_size) -> dict:
     return zero_shot_auroc(model, tokenizer, batches, list(dataset["labels"]))
 
 
-def main(argv=None):
+def main(argv=None, keep_process_group: bool = False):
+    """Train as the flags say. `keep_process_group=True` leaves torch.distributed's process group up at the end, for
+    a caller that trains again in the same processes (examples/ablation.py)."""
     args = parse_args(argv)
     if args.losses in ("no_gaze", "clip"):
         args.gaze_fraction = 0.0
@@ -431,7 +436,11 @@ def main(argv=None):
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
         (output_dir / "README.md").write_text(model_card(args, source, results))
         print(f"saved to {output_dir}/ (EGMAModel.from_pretrained or pipeline('zero-shot-image-classification'))")
-    accelerator.end_training()
+    if keep_process_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()
 
 
 def model_card(args, source, results) -> str:
