@@ -38,7 +38,7 @@ from egma_hf.data import (
     make_synthetic_evaluation_sets,
     make_synthetic_mimic_eye,
 )
-from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label, retrieval_metrics
+from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label
 from egma_hf.metrics import bootstrap_ci, precision_at_k, recall_at_k
 from egma_hf.reporting import markdown_report
 from egma_hf.zero_shot import CHEXPERT_8X200_QUERIES, embed_prompts
@@ -139,22 +139,21 @@ def class_prompts(args, default: str):
 
 
 def retrieval(model, tokenizer, image_embeds, image_labels, ks, num_bootstrap, seed) -> dict:
-    """The paper's 8x200 retrieval: every image against the 40 expert queries, relevant = same class."""
+    """The paper's 8x200 retrieval: every image against the 40 expert queries, relevant = same class. Precision@K and
+    Recall@K per direction, each with a bootstrap interval over the queries; a k above the candidate count is skipped."""
     texts = [(name, query) for name, queries in CHEXPERT_8X200_QUERIES.items() for query in queries]
     text_embeds = embed_prompts(model, tokenizer, [query for _, query in texts])
     text_labels = [name for name, _ in texts]
-    point = retrieval_metrics(image_embeds, image_labels, text_embeds, text_labels, ks)
     scores = (image_embeds @ text_embeds.t()).cpu().numpy()
     relevant = np.asarray(image_labels, dtype=object)[:, None] == np.asarray(text_labels, dtype=object)[None, :]
     result = {}
     for direction, (s, r) in {"i2t": (scores, relevant), "t2i": (scores.T, relevant.T)}.items():
-        result[direction] = {}
-        for kind, metric in (("precision", precision_at_k), ("recall", recall_at_k)):
-            result[direction][kind] = {
-                k: bootstrap_ci(lambda s_, r_, k=k, metric=metric: metric(s_, r_, k), s, r,
-                                num_samples=num_bootstrap, seed=seed)
-                for k in point[direction][kind]
-            }
+        result[direction] = {
+            kind: {k: bootstrap_ci(lambda s_, r_, k=k, metric=metric: metric(s_, r_, k), s, r,
+                                   num_samples=num_bootstrap, seed=seed)
+                   for k in ks if k <= s.shape[1]}
+            for kind, metric in (("precision", precision_at_k), ("recall", recall_at_k))
+        }
     return result
 
 

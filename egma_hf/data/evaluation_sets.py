@@ -216,6 +216,24 @@ def _chexpert_id(listed: str) -> str:
     return "/".join(parts[-3:])
 
 
+def _listed_images(paths: pd.Series, positions, images_root, skips: "_Skips"):
+    """Yield (position, image id, image path) for the CSV rows at `positions`, skipping (and counting) repeated
+    images and images missing on disk."""
+    find, seen = _ImageFinder(images_root), set()
+    for position in positions:
+        listed = paths.iat[position]
+        image_id = _chexpert_id(listed)
+        if image_id in seen:
+            skips.add("duplicate rows", example=listed)
+            continue
+        image = find(listed)
+        if image is None:
+            skips.add("listed images missing on disk", example=listed)
+            continue
+        seen.add(image_id)
+        yield position, image_id, image
+
+
 def _load_single_label(csv_path, images_root, classes, name: str, what: str) -> datasets.Dataset:
     frame = _read_table(csv_path, classes, what)
     path_column = _path_column(frame, csv_path, what)
@@ -226,19 +244,8 @@ def _load_single_label(csv_path, images_root, classes, name: str, what: str) -> 
     bad_lines = np.flatnonzero(~one_hot) + 2
     skips.add(f"rows not positive for exactly one of the {len(classes)} classes (others 0 or blank)",
               len(bad_lines), f"line {bad_lines[0]}" if len(bad_lines) else None)
-    find = _ImageFinder(images_root)
-    rows, seen = [], set()
-    for index in np.flatnonzero(one_hot):
-        listed = frame[path_column].iat[index]
-        image_id = _chexpert_id(listed)
-        if image_id in seen:
-            skips.add("duplicate rows", example=listed)
-            continue
-        image = find(listed)
-        if image is None:
-            skips.add("listed images missing on disk", example=listed)
-            continue
-        seen.add(image_id)
+    rows = []
+    for index, image_id, image in _listed_images(frame[path_column], np.flatnonzero(one_hot), images_root, skips):
         label = classes[int(np.argmax(positive[index]))]
         rows.append(dict(id=image_id, image=str(image), label=label, labels=[label], split="test"))
     return _to_dataset(rows, skips, name, csv_path, SINGLE_LABEL_FEATURES)
@@ -319,19 +326,8 @@ def load_chexpert(
     targets = np.nan_to_num(values, nan=0.0)
     for column, task in enumerate(tasks):
         targets[targets[:, column] == -1, column] = 1.0 if task in ones else 0.0
-    find = _ImageFinder(images_root)
-    rows, seen = [], set()
-    for position in range(len(frame)):
-        listed = frame[path_column].iat[position]
-        image_id = _chexpert_id(listed)
-        if image_id in seen:
-            skips.add("duplicate rows", example=listed)
-            continue
-        image = find(listed)
-        if image is None:
-            skips.add("listed images missing on disk", example=listed)
-            continue
-        seen.add(image_id)
+    rows = []
+    for position, image_id, image in _listed_images(frame[path_column], range(len(frame)), images_root, skips):
         row_targets = targets[position]
         rows.append(dict(id=image_id, image=str(image), label="",
                          labels=[task for task, value in zip(tasks, row_targets) if value == 1], split=split,
