@@ -3,7 +3,8 @@
 Three measurements, each side by side in one run:
 
 1. One training step (forward + backward) of the same towers with EGMA's full loss (global + MLCE + fine-grained
-   + EGM) and with the global InfoNCE alone; prints `egma_step / clip_step`.
+   + EGM) and with the global InfoNCE alone; prints `egma_step / clip_step`. On a GPU it also lists where each
+   variant's step makes the host wait for the GPU (torch's sync debug mode).
 2. The loss alone (forward + backward on feature tensors) at the paper's shapes: 49 patches, up to 12 sentences,
    batch 32, d = 512; prints its time as a fraction of the EGMA step of (1).
 3. Bytes the loss saves for backward for 3, 6, 12 and 24 sentences per report; linear growth means the marginal
@@ -11,10 +12,14 @@ Three measurements, each side by side in one run:
 
     python benchmarks/loss_overhead.py                       # tiny towers, seconds on a CPU
     python benchmarks/loss_overhead.py --towers real         # Swin-T + BERT-base (random weights, no download)
+    python benchmarks/loss_overhead.py --towers real --batch-size 128 --bf16 --repeats 10   # on a GPU
 """
 
 import argparse
 import time
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +73,9 @@ def step_times(args, device):
 
     def step():
         model.zero_grad(set_to_none=True)
-        model(**batch, return_loss=True).loss.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(**batch, return_loss=True).loss
+        loss.backward()
 
     variants = {"clip": GLOBAL_ONLY, "egma": ALL_TERMS}
     results = {name: float("inf") for name in variants}
@@ -80,6 +87,29 @@ def step_times(args, device):
             if round_index > 0:
                 results[name] = min(results[name], elapsed)
     return results
+
+
+def host_syncs(args, device) -> dict[str, list[str]]:
+    """Per variant, where one training step makes the host wait for the GPU: 'file:line' of each synchronizing
+    call, from torch's sync debug mode. A wait after the towers are queued leaves the GPU idle while the host
+    queues the rest of the step."""
+    config = EGMAConfig(**TOWERS[args.towers], **ALL_TERMS)
+    model = EGMAModel(config).to(device).train()
+    batch = make_batch(config, args.batch_size, args.sentences, args.tokens, device)
+    found = {}
+    for name, weights in {"clip": GLOBAL_ONLY, "egma": ALL_TERMS}.items():
+        for key, value in weights.items():
+            setattr(config, key, value)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model(**batch, return_loss=True).loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        found[name] = [f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}" for w in caught
+                       if "synchroniz" in str(w.message)]
+    return found
 
 
 def loss_inputs(batch_size, sentences, patches=49, dim=512, device="cpu", requires_grad=True):
@@ -129,15 +159,21 @@ def main():
     parser.add_argument("--tokens", type=int, default=24, help="tokens per sentence")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run the steps of (1) under bf16 autocast, as `accelerate launch --mixed_precision bf16`")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
 
     print(f"device={device} towers={args.towers} batch={args.batch_size} sentences={args.sentences} "
-          f"tokens={args.tokens} threads={torch.get_num_threads()}")
+          f"tokens={args.tokens} threads={torch.get_num_threads()} bf16={args.bf16}")
     steps = step_times(args, device)
     print(f"1. step (fwd+bwd): clip {steps['clip']:.3f} s, egma {steps['egma']:.3f} s, "
           f"egma_step / clip_step = {steps['egma'] / steps['clip']:.3f}")
+    if device.type == "cuda":
+        for name, places in host_syncs(args, device).items():
+            print(f"   host waits for the GPU in one {name} step: {len(places)} "
+                  f"({', '.join(f'{place} x{n}' for place, n in Counter(places).items())})")
     loss_time = loss_only_time(args, device)
     print(f"2. EGMA loss alone at B={args.batch_size}, N=49, M={args.sentences}, d=512: {loss_time * 1e3:.1f} ms "
           f"= {loss_time / steps['egma']:.1%} of the egma step above")

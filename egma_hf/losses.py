@@ -151,10 +151,15 @@ def fine_grained_similarity(
             f"sentence_mask must have shape {tuple(sentence_embeds.shape[:2])} (reports, sentence slots), "
             f"got {tuple(sentence_mask.shape)}"
         )
+    if not sentence_mask.bool().any(-1).all():
+        raise ValueError("every report needs at least one real sentence; sentence_mask has an all-False row")
+    return _fine_grained_scores(patch_embeds, sentence_embeds, sentence_mask, logit_scale)
+
+
+def _fine_grained_scores(patch_embeds, sentence_embeds, sentence_mask, logit_scale):
+    """`fine_grained_similarity` without its checks, which read the mask back to the host (a GPU stall)."""
     sentence_mask = sentence_mask.bool()
     sentence_counts = sentence_mask.sum(-1)
-    if torch.any(sentence_counts == 0):
-        raise ValueError("every report needs at least one real sentence; sentence_mask has an all-False row")
     scores = torch.einsum("knd,lmd->klnm", _full(patch_embeds), _full(sentence_embeds)) * logit_scale  # (Bi,Bt,N,M)
     real = sentence_mask[None, :, None, :]
     image_to_text = scores.masked_fill(~real, float("-inf")).amax(-1).mean(-1)
@@ -354,14 +359,18 @@ class EGMALoss:
             image_embeds, text_embeds: (B, D) global embeddings.
             patch_embeds: (B, N, D); sentence_embeds: (B, M, D); sentence_mask: (B, M) bool. M may differ by rank.
             logit_scale: scalar T (already exponentiated and clamped).
-            gaze_maps: (B, M, N) in [0, 1] or None; has_gaze: (B,) bool or None (None = no sample has gaze).
+            gaze_maps: (B, M, N) in [0, 1] or None; has_gaze: (B,) bool or None (None = no sample has gaze). An
+                all-False has_gaze gives the same loss as None, only computed the long way; the loss never reads it
+                back to the host, which would make a GPU step wait (EGMAModel passes None for gaze-free batches).
+        Every report needs at least one real sentence, which EGMAModel checks on its inputs; the loss does not
+        check the mask again, for the same reason.
         """
         config = self.config
         rank, world_size = self._world()
         gathering = world_size > 1
         batch = image_embeds.shape[0]
         targets = rank * batch + torch.arange(batch, device=image_embeds.device)  # local pairs' global indices
-        if gaze_maps is None or has_gaze is None or not bool(has_gaze.any()):
+        if gaze_maps is None or has_gaze is None:
             gaze_maps, has_gaze = None, None
         terms = {}
         if config.global_loss_weight > 0:
@@ -401,9 +410,9 @@ class EGMALoss:
                 all_sentences = gather_padded(sentence_embeds, dim=1, fill=0.0, with_grad=True)
                 all_mask = gather_padded(sentence_mask, dim=1, fill=False, with_grad=False)
             # (B, G): the local images against all reports
-            image_to_text, text_to_image = fine_grained_similarity(patch_embeds, all_sentences, all_mask, logit_scale)
+            image_to_text, text_to_image = _fine_grained_scores(patch_embeds, all_sentences, all_mask, logit_scale)
             if gathering and over == "images":  # each local report's z^T over all images: (G, B)
-                _, text_to_image = fine_grained_similarity(
+                _, text_to_image = _fine_grained_scores(
                     gather_with_grad(patch_embeds), sentence_embeds, sentence_mask, logit_scale
                 )
             terms["fine_grained_loss"] = fine_grained_contrastive_loss(image_to_text, text_to_image, over, targets)

@@ -107,6 +107,17 @@ class EGMAOutput(ModelOutput):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
+@dataclass
+class _Sentences:
+    """Text inputs in (T, M, L) layout and where their real sentences are: `index` is (text ids, slot ids), (S,) each."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    mask: torch.Tensor
+    index: tuple[torch.Tensor, torch.Tensor]
+
+
 def _build_text_tower(text_config) -> PreTrainedModel:
     """The text tower without BERT's pooler: EGMA pools hidden states itself, and unused weights break DDP."""
     try:
@@ -270,6 +281,12 @@ class EGMAModel(EGMAPreTrainedModel):
         **kwargs,
     ) -> EGMATextFeatures:
         """input_ids (T, L) prompts or (T, M, L) reports -> `EGMATextFeatures`; `.pooler_output` is (T, D)."""
+        return self._encode_sentences(self._find_sentences(input_ids, attention_mask, token_type_ids), **kwargs)
+
+    def _find_sentences(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> _Sentences:
+        """Check the text inputs and locate their real sentences: the text path's only reads back to the host."""
         if input_ids is None:
             raise ValueError("input_ids is required: (texts, seq_len) or (reports, sentences, seq_len)")
         if input_ids.ndim == 2:
@@ -288,12 +305,17 @@ class EGMAModel(EGMAPreTrainedModel):
         empty = (~sentence_mask.any(-1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"text(s) {empty} have no sentence: their attention_mask is all zero (empty report?)")
+        return _Sentences(input_ids, attention_mask, token_type_ids, sentence_mask, sentence_mask.nonzero(as_tuple=True))
 
-        token_mask = attention_mask[sentence_mask]  # (S, L), real sentences only
+    def _encode_sentences(self, sentences: _Sentences, **kwargs) -> EGMATextFeatures:
+        """Run the real sentences through the text tower; no reads back to the host, so none stalls a GPU."""
+        real = sentences.index  # (text, slot) of each real sentence, in row-major order
+        token_mask = sentences.attention_mask[real]  # (S, L)
+        token_type_ids = sentences.token_type_ids
         outputs = self.text_model(
-            input_ids=input_ids[sentence_mask],
+            input_ids=sentences.input_ids[real],
             attention_mask=token_mask,
-            token_type_ids=token_type_ids[sentence_mask] if token_type_ids is not None else None,
+            token_type_ids=token_type_ids[real] if token_type_ids is not None else None,
             output_hidden_states=True,
             return_dict=True,
             **kwargs,
@@ -307,9 +329,9 @@ class EGMAModel(EGMAPreTrainedModel):
             pooled = hidden.mean(1)
         projected = self.text_projection(pooled)  # (S, D)
 
-        sentence_embeds = projected.new_zeros(*sentence_mask.shape, projected.shape[-1])
-        sentence_embeds[sentence_mask] = projected
-        counts = sentence_mask.sum(-1, keepdim=True).to(projected.dtype)
+        sentence_embeds = projected.new_zeros(*sentences.mask.shape, projected.shape[-1])
+        sentence_embeds[real] = projected
+        counts = sentences.mask.sum(-1, keepdim=True).to(projected.dtype)
         report_embeds = sentence_embeds.sum(1) / counts
         return EGMATextFeatures(
             last_hidden_state=outputs.last_hidden_state,
@@ -317,15 +339,34 @@ class EGMAModel(EGMAPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=getattr(outputs, "attentions", None),
             sentence_embeds=sentence_embeds,
-            sentence_mask=sentence_mask,
+            sentence_mask=sentences.mask,
         )
 
     # ----------------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _any_gaze(gaze_heatmaps: torch.Tensor | None, has_gaze: torch.Tensor | None) -> bool:
+        """Reject NaN, inf or negative heatmaps; return whether any sample has gaze. One read back to the host."""
+        if gaze_heatmaps is None:
+            if has_gaze is not None and bool(has_gaze.any()):
+                raise ValueError("has_gaze marks samples with gaze but no gaze_heatmaps were given")
+            return False
+        any_gaze = has_gaze.any().to(gaze_heatmaps.device) if has_gaze is not None else gaze_heatmaps.new_ones((), dtype=torch.bool)
+        non_finite, negative, any_gaze = torch.stack(
+            [~torch.isfinite(gaze_heatmaps).all(), (gaze_heatmaps < 0).any(), any_gaze]
+        ).tolist()
+        if non_finite:
+            raise ValueError("gaze_heatmaps contain NaN or inf")
+        if negative:
+            raise ValueError("gaze_heatmaps contain negative values; heatmaps must be >= 0")
+        return any_gaze
+
     def _gaze_maps(
         self, gaze_heatmaps: torch.Tensor, has_gaze: torch.Tensor | None, sentence_mask: torch.Tensor, image: EGMAImageFeatures
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate heatmaps (B, M, h, w) and flatten them to GS (B, M, N), each sentence's map scaled to max 1."""
+        """Check the heatmaps' shape (B, M, h, w) and flatten them to GS (B, M, N), each map scaled to max 1.
+
+        Their values were checked by `_any_gaze` before the towers ran."""
         if image.patch_embeds is None:
             raise ValueError(
                 f"gaze_heatmaps were given but this vision tower has no patch grid to align them with: "
@@ -340,10 +381,6 @@ class EGMAModel(EGMAPreTrainedModel):
                 f"sentence slot, pooled to the vision tower's {grid[0]}x{grid[1]} patch grid "
                 f"(EGMAProcessor(gaze_grid_size={grid[0]}) does this); got {tuple(gaze_heatmaps.shape)}"
             )
-        if not torch.isfinite(gaze_heatmaps).all():
-            raise ValueError("gaze_heatmaps contain NaN or inf")
-        if (gaze_heatmaps < 0).any():
-            raise ValueError("gaze_heatmaps contain negative values; heatmaps must be >= 0")
         if has_gaze is None:
             has_gaze = torch.ones(batch, dtype=torch.bool, device=gaze_heatmaps.device)
         elif has_gaze.shape != (batch,):
@@ -370,10 +407,12 @@ class EGMAModel(EGMAPreTrainedModel):
         has_gaze: optional (B,) bool, which samples have gaze (default: all, when `gaze_heatmaps` is given).
         return_loss: compute the EGMA loss; needs B == T matching image-report pairs.
         """
+        # Every check that reads input values back to the host runs first: once the towers are queued on a GPU,
+        # the rest of the step (loss included) is queued without waiting for them.
+        sentences = self._find_sentences(input_ids, attention_mask, token_type_ids)
+        any_gaze = self._any_gaze(gaze_heatmaps, has_gaze)
         vision_outputs = self.get_image_features(pixel_values=pixel_values)
-        text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )
+        text_outputs = self._encode_sentences(sentences)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logit_scale = self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
@@ -386,8 +425,6 @@ class EGMAModel(EGMAPreTrainedModel):
         sentence_mask = text_outputs.sentence_mask
 
         gaze_maps = None
-        if gaze_heatmaps is None and has_gaze is not None and bool(has_gaze.any()):
-            raise ValueError("has_gaze marks samples with gaze but no gaze_heatmaps were given")
         if gaze_heatmaps is not None:
             if image_embeds.shape[0] != text_embeds.shape[0]:
                 raise ValueError(
@@ -395,6 +432,8 @@ class EGMAModel(EGMAPreTrainedModel):
                     f"{text_embeds.shape[0]} texts"
                 )
             gaze_maps, has_gaze = self._gaze_maps(gaze_heatmaps, has_gaze, sentence_mask, vision_outputs)
+            if not any_gaze:  # the loss skips its gaze work
+                gaze_maps = has_gaze = None
 
         terms = {}
         if return_loss:

@@ -296,3 +296,17 @@ def test_losses_accept_half_precision_inputs_and_return_float32(batch):
     loss = gaze_mapping_loss(half["patch_embeds"], half["sentence_embeds"], batch["sentence_mask"], half["gaze_maps"],
                              batch["has_gaze"], T.to(torch.bfloat16))
     assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+
+
+def test_all_false_has_gaze_gives_the_same_loss_as_no_gaze(batch):
+    # EGMALoss never reads has_gaze back to the host (a GPU stall), so a gaze-free batch passed with heatmaps
+    # must come out exactly as one passed without.
+    image_embeds = F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1)
+    text_embeds = F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1)
+    loss = EGMALoss(tiny_config(global_loss_weight=1.0))
+    args = (image_embeds, text_embeds, batch["patch_embeds"], batch["sentence_embeds"], batch["sentence_mask"], T)
+    without = loss(*args, None, None)
+    all_false = loss(*args, batch["gaze_maps"], torch.zeros(4, dtype=torch.bool))
+    assert without.mlce_loss == 0 and all_false.mlce_loss == 0
+    for name in ("loss", "global_loss", "fine_grained_loss", "egm_loss"):
+        close(getattr(all_false, name), getattr(without, name))

@@ -108,6 +108,9 @@ def test_gaze_is_optional_and_changes_the_gaze_terms(model, processor):
     assert without.mlce_loss == 0
     assert not torch.isclose(with_gaze.egm_loss, without.egm_loss)
     torch.testing.assert_close(with_gaze.fine_grained_loss, without.fine_grained_loss)
+    none_has_gaze = model(**{**batch, "has_gaze": torch.zeros_like(batch["has_gaze"])}, return_loss=True)
+    for name in ("loss", "mlce_loss", "egm_loss"):
+        torch.testing.assert_close(getattr(none_has_gaze, name), getattr(without, name))
 
 
 def test_logit_scale_is_clamped_to_100(model, processor):
