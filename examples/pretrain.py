@@ -50,6 +50,7 @@ from egma_hf.data import (
     with_gaze_fraction,
 )
 from egma_hf.evaluation import zero_shot_auroc
+from egma_hf.model_card import build_model_card
 
 logger = logging.getLogger("pretrain")
 
@@ -434,31 +435,13 @@ def main(argv=None, keep_process_group: bool = False):
                 print(f"  {name:<18} {value:.3f}")
             print(f"  {'mean':<18} {test['mean_auroc']:.3f}")
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
-        (output_dir / "README.md").write_text(model_card(args, source, results))
+        build_model_card(output_dir, repo_id=output_dir.name).save(output_dir / "README.md")  # MODEL_CARD.md filled in
         print(f"saved to {output_dir}/ (EGMAModel.from_pretrained or pipeline('zero-shot-image-classification'))")
     if keep_process_group:
         for tracker in accelerator.trackers:
             tracker.finish()
     else:
         accelerator.end_training()
-
-
-def model_card(args, source, results) -> str:
-    test = results.get("test", {})
-    return f"""---
-library_name: transformers
-pipeline_tag: zero-shot-image-classification
-tags: [egma, chest-x-ray, eye-gaze, medical]
----
-# EGMA model trained with egma_hf
-
-- data: {source}; gaze kept on {args.gaze_fraction:.0%} of training readings
-- loss terms: {args.losses} (global InfoNCE weight {args.global_loss_weight})
-- best validation zero-shot mean AUROC {results.get('validate_mean_auroc')} at step {results.get('best_step')}
-- held-out test zero-shot mean AUROC: {test.get('mean_auroc')}
-
-Research use only; not a medical device. See egma_hf's MODEL_CARD.md for intended use and limitations.
-"""
 
 
 if __name__ == "__main__":

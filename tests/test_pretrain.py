@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,11 @@ def test_tiny_run_saves_a_model_the_pipeline_loads(tmp_path, cache):
     results = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= results["test"]["mean_auroc"] <= 1.0 and results["best_step"] is not None
     assert json.loads((out / "training_config.json").read_text())["losses"] == "egma"
-    assert "pipeline_tag: zero-shot-image-classification" in (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")  # the full MODEL_CARD.md template, filled in
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    reported = [result.metric_value for result in card.data.eval_results]
+    assert round(100 * results["test"]["mean_auroc"], 2) in reported  # model-index values are in percent
+    assert "this model has not seen real X-rays" in card.text
     classifier = pipeline("zero-shot-image-classification", model=str(out))
     image = next(Path(cache).glob("synthetic-48-seed0/patient_*/CXR-JPG/s*/*.jpg"))
     scores = classifier(Image.open(image), candidate_labels=["pleural effusion", "no pleural effusion"])
