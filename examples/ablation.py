@@ -82,6 +82,7 @@ METRICS = ["zero_shot_auroc", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_
 METRIC_TITLES = {"zero_shot_auroc": "zero-shot AUROC", "i2t_R@1": "I→R R@1", "i2t_R@5": "I→R R@5",
                  "i2t_R@10": "I→R R@10", "t2i_R@1": "R→I R@1", "t2i_R@5": "R→I R@5", "t2i_R@10": "R→I R@10"}
 PLOTTED = ["zero_shot_auroc", "i2t_R@5", "t2i_R@5"]
+PAIRED = "zero_shot_auroc"  # compared with the baseline seed by seed
 SIZES = {  # defaults of the size flags, without and with --quick
     "default": dict(synthetic_samples=640, max_steps=260, batch_size=32, seeds=[0, 1, 2],
                     gaze_fractions=[0.0, 0.01, 0.05, 0.1, 0.5, 1.0], output_dir="ablation"),
@@ -274,15 +275,25 @@ def train_and_evaluate(args, passed_on, run: Run, state) -> tuple[dict, bool]:
 
 
 def summarize(rows, runs_of, metrics_of) -> list[dict]:
-    """Each row with its runs, and per metric the mean and sample standard deviation (ddof 1) over its seeds."""
+    """Each row with its runs, and per metric the mean and sample standard deviation (ddof 1) over its seeds.
+
+    Each row also gets `vs_baseline`: its zero-shot AUROC minus the first row's (the no-gaze baseline) seed by seed,
+    as mean, sample std and how many seeds it was higher. Within a seed both runs start from the same weights and
+    see the same batches, so the paired difference is far less noisy than the two rows' means."""
+    baseline = {run.seed: metrics_of[run.name][PAIRED] for run in runs_of(rows[0])}
     summary = []
     for row in rows:
-        names = [run.name for run in runs_of(row)]
+        runs = runs_of(row)
+        names = [run.name for run in runs]
         values = {m: [metrics_of[n][m] for n in names if metrics_of[n].get(m) is not None] for m in METRICS}
         values = {m: v for m, v in values.items() if len(v) == len(names)}  # e.g. R@10 on fewer than 10 pairs
+        gains = [metrics_of[run.name][PAIRED] - baseline[run.seed] for run in runs if run.seed in baseline]
         summary.append({**row, "runs": names, "n": len(names),
                         "mean": {m: float(np.mean(v)) for m, v in values.items()},
-                        "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()}})
+                        "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
+                        "vs_baseline": {"metric": PAIRED, "mean": float(np.mean(gains)),
+                                        "std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
+                                        "higher": int(sum(g > 0 for g in gains)), "n": len(gains)}})
     return summary
 
 
@@ -293,22 +304,34 @@ def _cell(row, metric) -> str:
     return f"{row['mean'][metric]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
+def _gain_cell(row, baseline_row) -> str:
+    if row is baseline_row:
+        return "–"
+    gain = row["vs_baseline"]
+    spread = f" ± {gain['std']:.3f}" if gain["std"] is not None else ""
+    return f"{gain['mean']:+.3f}{spread} (higher in {gain['higher']}/{gain['n']})"
+
+
 def markdown_table(summary, settings: dict) -> str:
     metrics = [m for m in METRICS if any(m in row["mean"] for row in summary)]
     lines = ["# EGMA ablation (paper Table 4 and gaze fraction)", "",
              f"Data: {settings['data']}; {settings['max_steps']} optimiser steps per run, batch {settings['batch_size']}; "
              f"seeds {settings['seeds']}. Held-out test split ({settings['test_readings']} readings). "
              "Cells: mean ± sample std (ddof 1) over seeds.", "",
-             "| Configuration | gaze | " + " | ".join(METRIC_TITLES[m] for m in metrics) + " | n |",
-             "|---|---|" + "---|" * len(metrics) + "---|"]
+             "| Configuration | gaze | " + " | ".join(METRIC_TITLES[m] for m in metrics)
+             + f" | {METRIC_TITLES[PAIRED]} − baseline, paired by seed | n |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
     group = "table4"
     for row in summary:
         if row["group"] != group:  # a caption row before the sweep
             group = row["group"]
-            lines.append("| *EGF+EGM, gaze-fraction sweep* | | " + " | " * len(metrics) + " |")
+            lines.append("| *EGF+EGM, gaze-fraction sweep* | | " + " | " * (len(metrics) + 1) + " |")
         cells = " | ".join(_cell(row, m) for m in metrics)
-        lines.append(f"| {row['row']} | {percent(row['gaze_fraction'])} | {cells} | {row['n']} |")
+        lines.append(f"| {row['row']} | {percent(row['gaze_fraction'])} | {cells} | {_gain_cell(row, summary[0])} "
+                     f"| {row['n']} |")
     lines += ["", "- zero-shot AUROC: mean over findings of the AUROC of positive-vs-negative prompt scores.",
+              "- − baseline, paired by seed: the row's zero-shot AUROC minus the baseline's in the same seed (same "
+              "initial weights and batches), mean ± sample std over seeds, and in how many seeds the row was higher.",
               "- I→R / R→I R@K: image→report / report→image Recall@K among the test pairs (each report matches only "
               "its own image; chance R@1 = 1 / test readings).",
               "- The sweep's 100% row is the EGF+EGM row above (the same runs). Its 0% row is a run of its own: with no "

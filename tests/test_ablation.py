@@ -62,6 +62,26 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
     assert summary["std"]["zero_shot_auroc"] == pytest.approx(0.1)  # values 0, 0.1, 0.2: sample std 0.1
 
 
+def test_rows_are_compared_with_the_baseline_seed_by_seed():
+    rows = [dict(row="base", group="table4", losses="no_gaze", gaze_fraction=0.0),
+            dict(row="gaze", group="table4", losses="egma", gaze_fraction=1.0)]
+    runs = {row["losses"]: [ablation.Run(row["losses"], row["gaze_fraction"], seed) for seed in (0, 1, 2)]
+            for row in rows}
+    base = [0.80, 0.70, 0.90]
+    gaze = [0.83, 0.69, 0.95]  # per seed: +0.03, -0.01, +0.05
+    metrics = {run.name: {"zero_shot_auroc": value} for run, value in zip(runs["no_gaze"] + runs["egma"], base + gaze)}
+    first, second = ablation.summarize(rows, lambda row: runs[row["losses"]], metrics)
+    gains = np.subtract(gaze, base)
+    assert second["vs_baseline"]["mean"] == pytest.approx(gains.mean())
+    assert second["vs_baseline"]["std"] == pytest.approx(np.std(gains, ddof=1))  # 0.03, far below the rows' ~0.1
+    assert (second["vs_baseline"]["higher"], second["vs_baseline"]["n"]) == (2, 3)
+    assert first["vs_baseline"]["mean"] == 0 and first["vs_baseline"]["higher"] == 0
+    table = ablation.markdown_table([first, second],
+                                    dict(data="d", max_steps=1, batch_size=1, seeds=[0, 1, 2], test_readings=3,
+                                         global_loss_weight=1.0))
+    assert f"| {gains.mean():+.3f} ± {np.std(gains, ddof=1):.3f} (higher in 2/3) | 3 |" in table
+
+
 class LookupModel(torch.nn.Module):
     """Image k (all pixels k) and the report starting with word k both embed as the k-th basis vector (shifted by
     `shift` for reports), so retrieval outcomes are known exactly."""
@@ -126,6 +146,12 @@ def test_quick_ablation_writes_table_json_and_plot(quick):
     settings = json.loads((out / "runs" / "no_gaze-gaze0-seed1" / "training_config.json").read_text())
     assert (settings["losses"], settings["gaze_fraction"], settings["seed"], settings["corpus_seed"]) == ("no_gaze", 0.0, 1, 0)
     assert settings["max_steps"] == 2 and settings["image_size"] == 64
+
+    for row in rows.values():  # paired with the baseline run of the same seed
+        gains = [results["runs"][name]["zero_shot_auroc"] - results["runs"][base]["zero_shot_auroc"]
+                 for name, base in zip(row["runs"], baseline["runs"])]
+        assert row["vs_baseline"]["mean"] == pytest.approx(np.mean(gains))
+        assert row["vs_baseline"]["higher"] == sum(g > 0 for g in gains)
 
     table = (out / "results.md").read_text()
     for name, row in rows.items():
