@@ -351,10 +351,10 @@ class EGMAModel(EGMAPreTrainedModel):
             if has_gaze is not None and bool(has_gaze.any()):
                 raise ValueError("has_gaze marks samples with gaze but no gaze_heatmaps were given")
             return False
-        any_gaze = has_gaze.any().to(gaze_heatmaps.device) if has_gaze is not None else gaze_heatmaps.new_ones((), dtype=torch.bool)
-        non_finite, negative, any_gaze = torch.stack(
-            [~torch.isfinite(gaze_heatmaps).all(), (gaze_heatmaps < 0).any(), any_gaze]
-        ).tolist()
+        if has_gaze is None:
+            has_gaze = gaze_heatmaps.new_ones((), dtype=torch.bool)
+        flags = [~torch.isfinite(gaze_heatmaps).all(), (gaze_heatmaps < 0).any(), has_gaze.any().to(gaze_heatmaps.device)]
+        non_finite, negative, any_gaze = torch.stack(flags).tolist()
         if non_finite:
             raise ValueError("gaze_heatmaps contain NaN or inf")
         if negative:
