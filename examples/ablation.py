@@ -1,6 +1,6 @@
 """The paper's Table 4 ablations with 🤗 Accelerate: which loss terms help, and how much gaze they need.
 
-    python examples/ablation.py                       # synthetic corpus, 3 seeds, 30 runs: ~95 min projected
+    python examples/ablation.py                       # synthetic corpus, 3 seeds, 30 runs (~2.4 h on 2 CPU cores)
     python examples/ablation.py --quick               # smoke run (the tests): tiny corpus, 2 steps, 2 seeds
     python examples/ablation.py --seeds 0 1 2 3 4 --output_dir ablation-5seeds
     python examples/ablation.py --data /data/mimic-eye --vision_model microsoft/swin-tiny-patch4-window7-224 \\
@@ -34,12 +34,11 @@ stopped ablation continues where it was; changed settings in an existing `--outp
 Default size: pretrain.py's default run, a data-scarce regime like the paper's (MIMIC-EYE has 3.7k images): the
 640-reading synthetic corpus (447 train / 60 validate / 130 test readings), batch 32, 260 steps (20 epochs) per run.
 There the gaze-free baseline stays well below what the same data allow: in 130-step runs (seed 0) its test AUROC
-was 0.768 against EGF+EGM's 0.873. Time: 30 runs (3 seeds x 10 settings) of at most 3 min 17 s each (pretrain.py's
-default run, which is one run here, measured on 2 idle cores from an empty cache): ~95 min on 2 CPU cores, a
-projection, not a measured total. Where the cores are busy with other work, add `--num_threads 1`, since two
-threads then mostly wait for each other (26 steps took 31 s on 1 thread and 104 s on 2 on a loaded 2-core
-machine); measured that way beside other jobs, runs took 5 to 7.5 min each (~2.5-3 h in all). `--max_steps 130`
-roughly halves either.
+was 0.768 against EGF+EGM's 0.873. Time on 2 CPU cores, measured per run with `--num_threads 1` and the other
+core idle: 279-294 s, so ~2 h 25 min for the 30 runs (3 seeds x 10 settings). With 2 threads on idle cores a run
+takes what pretrain.py's default run takes (3 min 17 s), ~100 min in all, a projection. Where the cores are busy
+with other work, use `--num_threads 1`, since two threads then mostly wait for each other (26 steps took 31 s on 1
+thread and 104 s on 2 on a loaded 2-core machine). `--max_steps 130` roughly halves either.
 Flags that this script does not know are passed to every pretrain.py run as they are (e.g. `--lr`,
 `--global_loss_weight`, `--warmup_steps`, `--num_threads`); see `python examples/pretrain.py --help`.
 """
