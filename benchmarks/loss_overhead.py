@@ -65,46 +65,48 @@ def best_of(fn, repeats, device):
     return min(timed(fn, device) for _ in range(repeats))
 
 
-def step_times(args, device):
-    """Both variants on one model, alternating clip/egma steps so that machine drift hits both alike."""
+VARIANTS = {"clip": GLOBAL_ONLY, "egma": ALL_TERMS}
+
+
+def training_step(args, device):
+    """One model and batch for both variants; returns step(variant): forward + backward with its loss weights."""
     config = EGMAConfig(**TOWERS[args.towers], **ALL_TERMS)
     model = EGMAModel(config).to(device).train()
     batch = make_batch(config, args.batch_size, args.sentences, args.tokens, device)
 
-    def step():
+    def step(variant: str):
+        for key, value in VARIANTS[variant].items():
+            setattr(config, key, value)
         model.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = model(**batch, return_loss=True).loss
         loss.backward()
 
-    variants = {"clip": GLOBAL_ONLY, "egma": ALL_TERMS}
-    results = {name: float("inf") for name in variants}
-    for round_index in range(args.repeats + 1):  # round 0 warms up
-        for name, weights in variants.items():
-            for key, value in weights.items():
-                setattr(config, key, value)
-            elapsed = timed(step, device)
+    return step
+
+
+def step_times(step, repeats: int, device) -> dict[str, float]:
+    """Best time of each variant, alternating clip/egma steps so that machine drift hits both alike."""
+    results = {name: float("inf") for name in VARIANTS}
+    for round_index in range(repeats + 1):  # round 0 warms up
+        for name in VARIANTS:
+            elapsed = timed(lambda: step(name), device)
             if round_index > 0:
                 results[name] = min(results[name], elapsed)
     return results
 
 
-def host_syncs(args, device) -> dict[str, list[str]]:
+def host_syncs(step) -> dict[str, list[str]]:
     """Per variant, where one training step makes the host wait for the GPU: 'file:line' of each synchronizing
     call, from torch's sync debug mode. A wait after the towers are queued leaves the GPU idle while the host
     queues the rest of the step."""
-    config = EGMAConfig(**TOWERS[args.towers], **ALL_TERMS)
-    model = EGMAModel(config).to(device).train()
-    batch = make_batch(config, args.batch_size, args.sentences, args.tokens, device)
     found = {}
-    for name, weights in {"clip": GLOBAL_ONLY, "egma": ALL_TERMS}.items():
-        for key, value in weights.items():
-            setattr(config, key, value)
+    for name in VARIANTS:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model(**batch, return_loss=True).loss.backward()
+                step(name)
         finally:
             torch.cuda.set_sync_debug_mode(0)
         found[name] = [f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}" for w in caught
@@ -167,11 +169,12 @@ def main():
 
     print(f"device={device} towers={args.towers} batch={args.batch_size} sentences={args.sentences} "
           f"tokens={args.tokens} threads={torch.get_num_threads()} bf16={args.bf16}")
-    steps = step_times(args, device)
+    step = training_step(args, device)
+    steps = step_times(step, args.repeats, device)
     print(f"1. step (fwd+bwd): clip {steps['clip']:.3f} s, egma {steps['egma']:.3f} s, "
           f"egma_step / clip_step = {steps['egma'] / steps['clip']:.3f}")
     if device.type == "cuda":
-        for name, places in host_syncs(args, device).items():
+        for name, places in host_syncs(step).items():
             print(f"   host waits for the GPU in one {name} step: {len(places)} "
                   f"({', '.join(f'{place} x{n}' for place, n in Counter(places).items())})")
     loss_time = loss_only_time(args, device)

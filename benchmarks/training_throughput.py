@@ -20,13 +20,6 @@ import pretrain  # noqa: E402
 from egma_hf.data import EGMADataCollator, prepare_for_training  # noqa: E402
 
 
-class _Quiet:
-    is_main_process = True
-
-    def wait_for_everyone(self):
-        pass
-
-
 def measure(model, loader, steps: int, weights: dict) -> dict:
     for key, value in weights.items():
         setattr(model.config, key, value)
@@ -63,7 +56,7 @@ def main():
     parser.add_argument("--cache_dir", default=None)
     options = parser.parse_args()
     args = pretrain.parse_args([] if options.cache_dir is None else ["--cache_dir", options.cache_dir])
-    readings, source = pretrain.load_readings(args, _Quiet())
+    readings, source = pretrain.load_readings(args)
     train = readings.filter(lambda split: split == "train", input_columns="split")
     model, processor = pretrain.build_model_and_processor(args, train, Path(args.cache_dir) / "benchmark-work")
     prepared = prepare_for_training(train, processor.image_processor)

@@ -14,8 +14,22 @@ from collections import Counter
 import numpy as np
 import torch
 
+from .data.images import load_image
 from .metrics import accuracy, bootstrap_ci, confusion_matrix, macro_f1, precision_at_k, recall_at_k, roc_auc
 from .zero_shot import ZeroShotClassifier, embed_pixel_values
+
+
+def image_file_batches(image_processor, paths, batch_size: int = 32):
+    """Image files (PNG, JPG or DICOM) -> batches of pixel_values (B, 3, S, S) for `embed_images`, decoded one
+    batch at a time. A file that cannot be decoded raises ValueError naming it."""
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(load_image(path))
+            except Exception as error:  # noqa: BLE001 - any decoder failure, reported with the file
+                raise ValueError(f"cannot decode {path}: {type(error).__name__}: {error}") from error
+        yield image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 @torch.no_grad()

@@ -51,7 +51,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -204,8 +203,7 @@ _TEST_SPLITS = {}  # prepared test split per image geometry: every run of an abl
 def held_out_split(pretrain_args, image_processor):
     key = (pretrain_args.data, pretrain_args.synthetic_samples, pretrain_args.corpus_seed, image_processor.to_json_string())
     if key not in _TEST_SPLITS:
-        alone = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)  # the data exist by now
-        readings, source = pretrain.load_readings(pretrain_args, alone)
+        readings, source = pretrain.load_readings(pretrain_args)  # built by the first run already
         splits = by_split(readings)
         if "test" not in splits:
             raise SystemExit(f"{source}: no test split to evaluate on")

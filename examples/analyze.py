@@ -25,11 +25,13 @@ import sys
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 
-from egma_hf import EGMAModel, EGMAProcessor
-from egma_hf.analysis import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pretrain  # noqa: E402  (examples/pretrain.py: the same readings as training)
+
+from egma_hf import EGMAModel, EGMAProcessor  # noqa: E402
+from egma_hf.analysis import (  # noqa: E402
     gaze_agreement,
     gaze_on_patch_grid,
     image_patch_mask,
@@ -39,23 +41,13 @@ from egma_hf.analysis import (
     single_finding_labels,
     test_split_agreement,
 )
-from egma_hf.data import (
-    HeatmapSettings,
-    build_once,
-    default_cache_dir,
-    load_egd_cxr,
-    load_image,
-    load_mimic_eye,
-    load_reflacx,
-    make_synthetic_mimic_eye,
-)
-from egma_hf.evaluation import embed_images
-from egma_hf.image_processing_egma import fit_to_square
+from egma_hf.data import default_cache_dir, load_image  # noqa: E402
+from egma_hf.evaluation import embed_images, image_file_batches  # noqa: E402
+from egma_hf.image_processing_egma import fit_to_square  # noqa: E402
 
 logger = logging.getLogger("analyze")
 
 UNTRAINED = "untrained"
-SYNTHETIC_SAMPLES, SYNTHETIC_SEED, SYNTHETIC_SIGMA = 640, 0, 12.0  # examples/pretrain.py's defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,25 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_readings(args) -> tuple[datasets.Dataset, str]:
-    if args.data is None:
-        corpus = Path(args.cache_dir) / f"synthetic-{SYNTHETIC_SAMPLES}-seed{SYNTHETIC_SEED}"
-        cached = corpus.with_name(corpus.name + "-readings-auto")
-        build_once(corpus, lambda folder: make_synthetic_mimic_eye(folder, SYNTHETIC_SAMPLES, SYNTHETIC_SEED))
-        settings = HeatmapSettings(recipe=SYNTHETIC_SIGMA)
-        build_once(cached, lambda folder: load_mimic_eye(corpus, settings).save_to_disk(str(folder)))
-        return datasets.load_from_disk(str(cached)), f"synthetic corpus {corpus}"
-    root = Path(args.data)
-    if not root.exists():
-        raise SystemExit(f"--data {root} does not exist")
-    if (root / "dataset_info.json").is_file() or (root / "state.json").is_file():
-        return datasets.load_from_disk(str(root)), f"saved dataset {root}"
-    if any(root.glob("patient_*")):
-        return load_mimic_eye(root, HeatmapSettings(recipe="egma")), f"MIMIC-EYE {root}"
-    if args.image_root and (root / "master_sheet.csv").is_file():
-        return load_egd_cxr(root, args.image_root, HeatmapSettings(recipe="egma")), f"EGD-CXR {root}"
-    if args.image_root and (root / "main_data").is_dir():
-        return load_reflacx(root, args.image_root, HeatmapSettings(recipe="egma")), f"REFLACX {root}"
-    raise SystemExit(f"--data {root}: not a saved dataset or MIMIC-EYE root (EGD-CXR/REFLACX need --image_root)")
+    """The readings, as examples/pretrain.py loads them from the same flags (its cached synthetic corpus by default)."""
+    if args.data and not Path(args.data).exists():
+        raise SystemExit(f"--data {args.data} does not exist")
+    flags = ["--cache_dir", args.cache_dir, *(["--data", args.data] if args.data else []),
+             *(["--image_root", args.image_root] if args.image_root else [])]
+    return pretrain.load_readings(pretrain.parse_args(flags))
 
 
 def load_models(args, device) -> dict:
@@ -119,12 +98,6 @@ def load_models(args, device) -> dict:
     return models
 
 
-def image_batches(processor, paths: list[str], batch_size: int):
-    for start in range(0, len(paths), batch_size):
-        images = [load_image(path) for path in paths[start : start + batch_size]]
-        yield processor.image_processor(images=images)["pixel_values"]
-
-
 def embeddings_analysis(models: dict, rows: datasets.Dataset, args, output_dir: Path) -> dict:
     from egma_hf.visualization import plot_embedding_projection
 
@@ -140,7 +113,7 @@ def embeddings_analysis(models: dict, rows: datasets.Dataset, args, output_dir: 
         return report
     points = {}
     for name, (model, processor) in models.items():
-        embeds = embed_images(model, image_batches(processor, paths, args.batch_size)).cpu()
+        embeds = embed_images(model, image_file_batches(processor.image_processor, paths, args.batch_size)).cpu()
         report["silhouette"][name] = silhouette(embeds, classes)
         points[name] = project_embeddings(embeds, args.projection, seed=args.seed)
     plot_embedding_projection(points, classes, output_dir / "embeddings.png", scores=report["silhouette"],

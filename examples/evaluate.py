@@ -30,15 +30,12 @@ import torch
 from egma_hf import EGMAModel, EGMAProcessor, ZeroShotClassifier, __version__
 from egma_hf.data import (
     EVALUATION_SETS,
-    build_once,
-    default_cache_dir,
+    cached_synthetic_corpus,
+    cached_synthetic_evaluation_sets,
     image_size_of,
-    load_image,
     load_mimic_eye,
-    make_synthetic_evaluation_sets,
-    make_synthetic_mimic_eye,
 )
-from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label
+from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label, image_file_batches
 from egma_hf.metrics import bootstrap_ci, precision_at_k, recall_at_k
 from egma_hf.reporting import markdown_report
 from egma_hf.zero_shot import CHEXPERT_8X200_QUERIES, embed_prompts
@@ -78,12 +75,10 @@ def parse_args(argv=None):
 def load_rows(args):
     """The evaluation images as a Dataset with `image`, `label` and `labels` columns, and where they came from."""
     if args.data is None:
-        cache = default_cache_dir()
         if args.dataset == "mimic_eye":
-            root = build_once(cache / "synthetic-640-seed0", lambda folder: make_synthetic_mimic_eye(folder, 640, 0))
+            root = cached_synthetic_corpus()
             return load_mimic_eye(root), f"synthetic MIMIC-EYE corpus {root}"
-        sets = build_once(cache / "synthetic-evaluation-100-seed0",
-                          lambda folder: make_synthetic_evaluation_sets(folder, images_per_class=100, seed=0))
+        sets = cached_synthetic_evaluation_sets()
         kwargs = make_paths_absolute(sets, SYNTHETIC_KEYS.get(args.dataset, args.dataset))
         return EVALUATION_SETS[args.dataset].loader(**kwargs), f"synthetic {args.dataset} twin in {sets}"
     data = Path(args.data)
@@ -118,17 +113,6 @@ def check_images(paths: list[str]) -> None:
             failures.append(f"{path}: {type(error).__name__}: {error}")
     if failures:
         raise SystemExit(f"{len(failures)} of {len(paths)} images cannot be read:\n  " + "\n  ".join(failures[:10]))
-
-
-def image_batches(processor, paths: list[str], batch_size: int):
-    for start in range(0, len(paths), batch_size):
-        pictures = []
-        for path in paths[start : start + batch_size]:
-            try:
-                pictures.append(load_image(path))
-            except Exception as error:
-                raise SystemExit(f"cannot decode {path}: {type(error).__name__}: {error}") from error
-        yield processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
 
 
 def class_prompts(args, default: str):
@@ -183,7 +167,10 @@ def main(argv=None) -> int:
         classifier = ZeroShotClassifier.from_prompts(model, processor.tokenizer, prompts, args.ensemble)
         report.update(prompt_set=prompt_name, ensemble=args.ensemble)
     logger.info("embedding %d images from %s", len(rows), source)
-    image_embeds = embed_images(model, image_batches(processor, paths, args.batch_size))
+    try:
+        image_embeds = embed_images(model, image_file_batches(processor.image_processor, paths, args.batch_size))
+    except ValueError as error:  # a file whose header read but whose pixels do not decode
+        raise SystemExit(str(error)) from error
 
     curves = {}  # finding -> (truth, scores) for the ROC plot
     if task == "retrieval":

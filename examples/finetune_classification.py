@@ -60,18 +60,15 @@ from egma_hf import EGMAForImageClassification, EGMAProcessor, __version__
 from egma_hf.data import (
     CHEXPERT_COMPETITION_TASKS,
     EVALUATION_SETS,
-    build_once,
-    default_cache_dir,
+    cached_synthetic_evaluation_sets,
     load_chexpert,
     load_image,
-    make_synthetic_evaluation_sets,
 )
 from egma_hf.metrics import bootstrap_ci, roc_auc
 
 logger = logging.getLogger("finetune_classification")
 
 DATASETS = {"chexpert": "CheXpert (official split)", "rsna": "RSNA Pneumonia", "siim": "SIIM-ACR Pneumothorax"}
-SYNTHETIC = "synthetic-evaluation-100-seed0"  # the same cached tree as examples/evaluate.py's
 SYNTHETIC_ROOTS = {"chexpert": "CheXpert-v1.0-small", "rsna": "rsna-pneumonia", "siim": "siim-acr-pneumothorax"}
 MULTI_LABEL, SINGLE_LABEL = "multi_label_classification", "single_label_classification"
 
@@ -172,9 +169,9 @@ def load_rows(args, accelerator) -> tuple[datasets.Dataset, str, bool]:
     """All rows with a `split` column, where they came from, and whether the data has its own validate split."""
     if args.data is None:
         if accelerator.is_main_process:
-            build_once(default_cache_dir() / SYNTHETIC, lambda folder: make_synthetic_evaluation_sets(folder, 100, 0))
+            cached_synthetic_evaluation_sets()  # the same tree as examples/evaluate.py's
         accelerator.wait_for_everyone()
-        root = default_cache_dir() / SYNTHETIC / SYNTHETIC_ROOTS[args.dataset]
+        root = cached_synthetic_evaluation_sets() / SYNTHETIC_ROOTS[args.dataset]
         test_ids = root / "test_ids.txt" if args.dataset == "siim" else None  # the twin of Saab et al.'s subset
         source = f"synthetic {args.dataset} twin in {root}"
     else:

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -41,11 +40,11 @@ from egma_hf.data import (
     HeatmapSettings,
     build_once,
     by_split,
+    cached_synthetic_corpus,
     default_cache_dir,
     load_egd_cxr,
     load_mimic_eye,
     load_reflacx,
-    make_synthetic_mimic_eye,
     prepare_for_training,
     with_gaze_fraction,
 )
@@ -159,18 +158,20 @@ def run_settings(args) -> dict:
 # Data
 
 
-def load_readings(args, accelerator) -> tuple[datasets.Dataset, str]:
-    """The readings as one Dataset with a `split` column, and a description of where they came from."""
+def load_readings(args, accelerator=None) -> tuple[datasets.Dataset, str]:
+    """The readings as one Dataset with a `split` column, and a description of where they came from. With an
+    `accelerator`, only its main process builds the synthetic corpus' caches; without one, this process does."""
     recipe = args.heatmap_recipe
     if args.data is None:
         seed = args.seed if args.corpus_seed is None else args.corpus_seed
         corpus = Path(args.cache_dir) / f"synthetic-{args.synthetic_samples}-seed{seed}"
         cached = corpus.with_name(corpus.name + f"-readings-{recipe}")
-        if accelerator.is_main_process:
-            build_once(corpus, lambda folder: make_synthetic_mimic_eye(folder, args.synthetic_samples, seed))
+        if accelerator is None or accelerator.is_main_process:
+            cached_synthetic_corpus(args.synthetic_samples, seed, args.cache_dir)
             settings = HeatmapSettings(recipe=12.0 if recipe == "auto" else _recipe(recipe))
             build_once(cached, lambda folder: load_mimic_eye(corpus, settings).save_to_disk(str(folder)))
-        accelerator.wait_for_everyone()
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
         return datasets.load_from_disk(cached), f"synthetic corpus ({args.synthetic_samples} readings) in {corpus}"
     root = Path(args.data)
     settings = HeatmapSettings(recipe="egma" if recipe == "auto" else _recipe(recipe))

@@ -110,6 +110,18 @@ def test_an_unreadable_image_stops_the_run_before_the_model_loads(tmp_path, sets
     assert not (tmp_path / "out").exists()
 
 
+def test_image_file_batches_names_a_file_whose_pixels_do_not_decode(tmp_path, processor):
+    from egma_hf.evaluation import image_file_batches
+
+    good, cut = tmp_path / "good.png", tmp_path / "cut.png"
+    Image.fromarray(np.full((40, 32), 128, np.uint8)).save(good)
+    cut.write_bytes(good.read_bytes()[:60])  # header intact (size readable), pixel data gone
+    batches = image_file_batches(processor.image_processor, [str(good), str(good), str(cut)], batch_size=2)
+    assert next(batches).shape == (2, 3, processor.image_processor.size, processor.image_processor.size)
+    with pytest.raises(ValueError, match=f"cannot decode {cut}"):
+        next(batches)
+
+
 def test_labels_missing_from_the_prompts_are_an_error_naming_them(tmp_path, sets, model_dir):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"Normal": ["the lungs are clear ."]}))

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "finetune_classification.py"
 PER_CLASS = 30  # RSNA: 60 patients -> MGCA split 42 / 9 / 9; train Normal 20, Pneumonia 22
 FRACTIONS = ["0.01", "0.1", "1.0"]
+SYNTHETIC = "synthetic-evaluation-100-seed0"  # the default twin's folder (cached_synthetic_evaluation_sets)
 
 
 script = load_example("finetune_classification")
@@ -49,7 +50,7 @@ def workspace(tmp_path_factory):
     EGMAModel(tiny_config(vision_config=dict(model_type="timm_wrapper", architecture="resnet10t"))).save_pretrained(
         root / "egma-cnn")
     processor.save_pretrained(root / "egma-cnn")
-    make_synthetic_evaluation_sets(root / "cache" / script.SYNTHETIC, images_per_class=PER_CLASS, seed=0)
+    make_synthetic_evaluation_sets(root / "cache" / SYNTHETIC, images_per_class=PER_CLASS, seed=0)
     return root
 
 
@@ -88,7 +89,7 @@ def check_aurocs(results, predictions, tasks):
 
 def test_rsna_linear_probe_at_three_fractions(workspace, tmp_path):
     out = tmp_path / "rsna"
-    data = workspace / "cache" / script.SYNTHETIC / "rsna-pneumonia"
+    data = workspace / "cache" / SYNTHETIC / "rsna-pneumonia"
     log = run(["--model", str(workspace / "egma"), "--dataset", "rsna", "--data", str(data), "--label_fraction",
                *FRACTIONS, "--epochs", "3", "--lr", "0.01", "--bootstrap", "100", "--save_models",
                "--output_dir", str(out)], workspace / "cache")
@@ -136,7 +137,7 @@ def test_chexpert_multi_label_on_the_default_synthetic_twin(workspace, tmp_path)
     assert results["tasks"] == tasks and results["problem_type"] == "multi_label_classification"
     assert str(workspace / "cache") in results["data"] and "train.csv's patients" in results["validation"]
 
-    chexpert = workspace / "cache" / script.SYNTHETIC / "CheXpert-v1.0-small"
+    chexpert = workspace / "cache" / SYNTHETIC / "CheXpert-v1.0-small"
     train_rows = load_chexpert(chexpert / "train.csv", chexpert, uncertain="per_task")
     test_rows = load_chexpert(chexpert / "valid.csv", chexpert)
     assert list(predictions["test_ids"]) == list(test_rows["id"])  # tested on valid.csv, frontal views
@@ -179,7 +180,7 @@ def test_label_subsets_are_stratified_nested_and_seeded():
 
 
 def test_cached_features_give_the_frozen_tower_results(workspace, tmp_path):
-    data = workspace / "cache" / script.SYNTHETIC / "rsna-pneumonia"
+    data = workspace / "cache" / SYNTHETIC / "rsna-pneumonia"
     common = ["--model", str(workspace / "egma-cnn"), "--dataset", "rsna", "--data", str(data), "--label_fraction",
               "0.1", "1.0", "--epochs", "3", "--lr", "0.05", "--batch_size", "8", "--bootstrap", "20",
               "--num_threads", "1"]
@@ -210,7 +211,7 @@ def test_features_are_the_pretrained_towers_pooled_output(workspace):
     args = script.parse_args(["--model", str(workspace / "egma"), "--dataset", "rsna"])
     script.check_args(args)
     task = script.task_of("rsna")
-    rows = load_rsna_pneumonia(workspace / "cache" / script.SYNTHETIC / "rsna-pneumonia").select(range(5))
+    rows = load_rsna_pneumonia(workspace / "cache" / SYNTHETIC / "rsna-pneumonia").select(range(5))
     split = script.Split(list(rows["id"]), list(rows["image"]), np.zeros(5, np.int64))
     processor = EGMAProcessor.from_pretrained(workspace / "egma").image_processor
     loader = torch.utils.data.DataLoader(script.ImageRows(split, processor), batch_size=2)
@@ -236,7 +237,7 @@ def test_unknown_dataset_and_empty_split_are_refused(workspace, tmp_path, capsys
     with pytest.raises(SystemExit):
         script.parse_args(["--model", str(workspace / "egma"), "--dataset", "mimic"])
     assert "invalid choice: 'mimic'" in capsys.readouterr().err
-    siim = workspace / "cache" / script.SYNTHETIC / "siim-acr-pneumothorax"
+    siim = workspace / "cache" / SYNTHETIC / "siim-acr-pneumothorax"
     every_id = tmp_path / "all_ids.txt"  # everything in the test split leaves no training images
     every_id.write_text("\n".join(line.split(",")[0] for line in (siim / "train-rle.csv").read_text().splitlines()[1:]))
     with pytest.raises(SystemExit, match="the train split is empty"):

@@ -327,3 +327,15 @@ def test_test_split_uses_unseen_phrasings(truth):
     test, seen = sentences({"test"}), sentences({"train", "validate"})
     assert len(test) > 20 and len(seen) > 50
     assert not test & seen
+
+
+def test_cached_corpus_is_named_by_size_and_seed_and_written_once(tmp_path):
+    from egma_hf.data import cached_synthetic_corpus
+
+    folder = cached_synthetic_corpus(num_samples=6, seed=3, cache_dir=tmp_path)
+    assert folder == tmp_path / "synthetic-6-seed3"
+    written = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    assert written and not (tmp_path / "synthetic-6-seed3.tmp").exists()
+    assert all_files(folder) == all_files(make_synthetic_mimic_eye(tmp_path / "direct", 6, seed=3))  # same tree
+    assert cached_synthetic_corpus(num_samples=6, seed=3, cache_dir=tmp_path) == folder
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == written  # not written again

@@ -5,6 +5,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .evaluation_sets import make_synthetic_evaluation_sets
+from .synthetic import make_synthetic_mimic_eye
+
 
 def default_cache_dir() -> Path:
     """$EGMA_HF_CACHE, else ~/.cache/egma_hf."""
@@ -22,3 +25,17 @@ def build_once(path, build: Callable[[Path], object]) -> Path:
         build(partial)
         os.replace(partial, path)
     return path
+
+
+def cached_synthetic_corpus(num_samples: int = 640, seed: int = 0, cache_dir=None) -> Path:
+    """The synthetic MIMIC-EYE corpus (`make_synthetic_mimic_eye`) in the cache, written on first use; its folder
+    name, `synthetic-{num_samples}-seed{seed}`, says what is in it. The default data of the example scripts."""
+    folder = Path(cache_dir or default_cache_dir()) / f"synthetic-{num_samples}-seed{seed}"
+    return build_once(folder, lambda out: make_synthetic_mimic_eye(out, num_samples, seed))
+
+
+def cached_synthetic_evaluation_sets(images_per_class: int = 100, seed: int = 0, cache_dir=None) -> Path:
+    """The synthetic evaluation sets (`make_synthetic_evaluation_sets`) in the cache, written on first use, in
+    `synthetic-evaluation-{images_per_class}-seed{seed}`. The default data of the evaluation scripts."""
+    folder = Path(cache_dir or default_cache_dir()) / f"synthetic-evaluation-{images_per_class}-seed{seed}"
+    return build_once(folder, lambda out: make_synthetic_evaluation_sets(out, images_per_class, seed))
