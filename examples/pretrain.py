@@ -298,6 +298,7 @@ def main(argv=None, keep_process_group: bool = False):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # not every checkpoint's file list; resumes are logged here
     check_args(args)
     accelerator.wait_for_everyone()  # every rank has checked the output dir before the main process writes to it
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
