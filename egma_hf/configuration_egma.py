@@ -34,6 +34,10 @@ class EGMAConfig(PreTrainedConfig):
             Initial value of the log temperature; `exp(logit_scale)` multiplies every cosine similarity.
         logit_scale_max (`float`, defaults to log(100)):
             Upper clamp of `logit_scale` wherever it is used (scale never exceeds 100).
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the classification head's initial weights.
+        initializer_factor (`float`, defaults to 1.0):
+            Scales the projections' initial standard deviation (width**-0.5), as in `CLIPConfig`.
         text_pooling_layers (`int`, defaults to 4):
             A sentence embedding averages the last this-many hidden layers of the text tower (MedCLIP/EGMA).
         text_pooling_mask_padding (`bool`, defaults to `True`):
@@ -84,6 +88,7 @@ class EGMAConfig(PreTrainedConfig):
     logit_scale_init_value: float | int = math.log(1 / 0.07)
     logit_scale_max: float | int = math.log(100.0)
     initializer_range: float | int = 0.02
+    initializer_factor: float | int = 1.0
     text_pooling_layers: int = 4
     text_pooling_mask_padding: bool = True
 

@@ -18,16 +18,21 @@ that have gaze at all. Heatmaps of samples without gaze and of padding slots are
 """
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import selected_hidden_states
 
 from .configuration_egma import EGMAConfig
 from .losses import EGMALoss
@@ -137,6 +142,66 @@ def _vision_width(vision_model: nn.Module, vision_config) -> int:
     return vision_config.hidden_size
 
 
+def _check_kwargs(kwargs: dict, where: str) -> None:
+    """Only transformers' own forward keywords (`output_hidden_states`, `output_attentions`, ...) pass through."""
+    unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+    if unknown:
+        raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}")
+
+
+def _output_flag(name: str, value, *configs):
+    """An explicit `output_hidden_states` / `output_attentions` value, else the first of `configs` that sets it."""
+    if value is not None:
+        return value
+    return next((flag for config in configs if (flag := getattr(config, name, None))), None)
+
+
+def _requested_hidden_states(hidden_states: tuple, request) -> tuple | None:
+    """Keep what `output_hidden_states` asked for: all (True), none (False/None), or the listed indices."""
+    if not request:
+        return None
+    selected = selected_hidden_states(request)
+    if selected is None:
+        return hidden_states
+    count = len(hidden_states)
+    kept = {index % count for index in selected if -count <= index < count}
+    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Unit vectors along the last dim, computed in float32: all-zero rows (padding sentence slots) stay zero
+    instead of becoming 0/0 in float16, where F.normalize's eps of 1e-12 underflows to 0."""
+    x32 = x.float()
+    return (x32 / x32.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(x.dtype)
+
+
+def _checkpoint_problem(pretrained_model_name_or_path, kwargs: dict) -> str | None:
+    """Why a folder or Hub id is not an EGMA checkpoint (another model type, unreadable weights), or None."""
+    options = {k: kwargs[k] for k in ("cache_dir", "force_download", "proxies", "local_files_only", "token",
+                                      "revision", "subfolder") if k in kwargs}
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **options)
+    except OSError:
+        return None  # no config: transformers' own error says what is missing
+    model_type = config_dict.get("model_type")
+    if model_type != "egma":
+        return (
+            f"{pretrained_model_name_or_path} holds a {model_type!r} model, not an EGMA checkpoint (its config.json "
+            f"needs model_type 'egma'). To build EGMA from pretrained towers use "
+            f"EGMAModel.from_vision_text_pretrained(vision, text); original EGMA/MedCLIP weights convert with "
+            f"egma_hf.load_original_checkpoint."
+        )
+    folder = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        for weights in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(weights, "pt"):
+                    pass
+            except (SafetensorError, OSError) as error:
+                return f"{weights} is not a readable safetensors file ({error}); the copy may be truncated"
+    return None
+
+
 class EGMAPreTrainedModel(PreTrainedModel):
     config: EGMAConfig
     config_class = EGMAConfig
@@ -145,6 +210,23 @@ class EGMAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As transformers', but a folder of another model type (BERT, CLIP, ...) or a truncated weights file is
+        an error naming it (transformers only logs a warning and returns randomly initialised weights)."""
+        if kwargs.get("config") is None and not kwargs.get("gguf_file"):
+            problem = _checkpoint_problem(pretrained_model_name_or_path, kwargs)
+            if problem:
+                raise ValueError(problem)
+        wants_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(f"cannot read the weights of {pretrained_model_name_or_path}: {error}") from error
+        return (model, info) if wants_info else model
 
     def enable_input_require_grads(self):
         """As transformers' version, but tolerant of towers whose patch embedding returns a tuple (Swin)."""
@@ -172,8 +254,9 @@ class EGMAPreTrainedModel(PreTrainedModel):
             init.normal_(module.classifier.weight, std=self.config.initializer_range)
             init.zeros_(module.classifier.bias)
         if isinstance(module, EGMAModel):
-            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5)
-            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5)
+            factor = self.config.initializer_factor
+            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
+            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
@@ -247,8 +330,14 @@ class EGMAModel(EGMAPreTrainedModel):
                 return hidden[:, prefix:], (side, side), ""
         return None, None, f"{num_tokens} vision tokens do not form a square patch grid"
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> EGMAImageFeatures:
-        """pixel_values (B, 3, H, W) -> `EGMAImageFeatures` with the projected global embedding in `.pooler_output`."""
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> EGMAImageFeatures:
+        """pixel_values (B, 3, H, W) -> `EGMAImageFeatures` with the projected global embedding in `.pooler_output`.
+
+        `output_hidden_states` / `output_attentions` / `return_dict` work as in `CLIPModel.get_image_features`."""
+        _check_kwargs(kwargs, "get_image_features")
         if pixel_values is None:
             raise ValueError("pixel_values is required (a float tensor of shape (batch, 3, height, width))")
         if pixel_values.ndim != 4 or pixel_values.shape[0] == 0 or pixel_values.shape[-1] == 0:
@@ -273,14 +362,19 @@ class EGMAModel(EGMAPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------
     # Text side
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> EGMATextFeatures:
-        """input_ids (T, L) prompts or (T, M, L) reports -> `EGMATextFeatures`; `.pooler_output` is (T, D)."""
+        """input_ids (T, L) prompts or (T, M, L) reports -> `EGMATextFeatures`; `.pooler_output` is (T, D).
+
+        `output_hidden_states` / `output_attentions` / `return_dict` work as in `CLIPModel.get_text_features`; hidden
+        states and attentions are those of the real sentences, (S, L, H) each."""
+        _check_kwargs(kwargs, "get_text_features")
         return self._encode_sentences(self._find_sentences(input_ids, attention_mask, token_type_ids), **kwargs)
 
     def _find_sentences(
@@ -307,11 +401,15 @@ class EGMAModel(EGMAPreTrainedModel):
             raise ValueError(f"text(s) {empty} have no sentence: their attention_mask is all zero (empty report?)")
         return _Sentences(input_ids, attention_mask, token_type_ids, sentence_mask, sentence_mask.nonzero(as_tuple=True))
 
-    def _encode_sentences(self, sentences: _Sentences, **kwargs) -> EGMATextFeatures:
+    def _encode_sentences(
+        self, sentences: _Sentences, output_hidden_states=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> EGMATextFeatures:
         """Run the real sentences through the text tower; no reads back to the host, so none stalls a GPU."""
         real = sentences.index  # (text, slot) of each real sentence, in row-major order
         token_mask = sentences.attention_mask[real]  # (S, L)
         token_type_ids = sentences.token_type_ids
+        # The pooling needs the last layers whatever the caller asked for; what is returned follows the request.
+        requested = _output_flag("output_hidden_states", output_hidden_states, self.config, self.config.text_config)
         outputs = self.text_model(
             input_ids=sentences.input_ids[real],
             attention_mask=token_mask,
@@ -336,7 +434,7 @@ class EGMAModel(EGMAPreTrainedModel):
         return EGMATextFeatures(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=report_embeds,
-            hidden_states=outputs.hidden_states,
+            hidden_states=_requested_hidden_states(outputs.hidden_states, requested),
             attentions=getattr(outputs, "attentions", None),
             sentence_embeds=sentence_embeds,
             sentence_mask=sentences.mask,
@@ -390,6 +488,7 @@ class EGMAModel(EGMAPreTrainedModel):
         maps = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), maps)
         return maps, has_gaze.bool()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -399,6 +498,7 @@ class EGMAModel(EGMAPreTrainedModel):
         gaze_heatmaps: torch.Tensor | None = None,
         has_gaze: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> EGMAOutput:
         r"""
         input_ids, attention_mask, token_type_ids: (T, L) one sentence per text, or (T, M, L) reports of M slots.
@@ -406,22 +506,25 @@ class EGMAModel(EGMAPreTrainedModel):
         gaze_heatmaps: optional (B, M, h, w) per-sentence heatmaps on the patch grid (see module docstring).
         has_gaze: optional (B,) bool, which samples have gaze (default: all, when `gaze_heatmaps` is given).
         return_loss: compute the EGMA loss; needs B == T matching image-report pairs.
+        output_hidden_states, output_attentions, return_dict: as in `CLIPModel`; the towers' hidden states and
+            attentions are in `vision_model_output` / `text_model_output`.
         """
+        _check_kwargs(kwargs, "EGMAModel.forward")
         # Every check that reads input values back to the host runs first: once the towers are queued on a GPU,
         # the rest of the step (loss included) is queued without waiting for them.
         sentences = self._find_sentences(input_ids, attention_mask, token_type_ids)
         any_gaze = self._any_gaze(gaze_heatmaps, has_gaze)
-        vision_outputs = self.get_image_features(pixel_values=pixel_values)
-        text_outputs = self._encode_sentences(sentences)
-        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
-        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        vision_outputs = self.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
+        text_outputs = self._encode_sentences(sentences, **kwargs)
+        image_embeds = _l2_normalize(vision_outputs.pooler_output)
+        text_embeds = _l2_normalize(text_outputs.pooler_output)
         logit_scale = self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
         logits_per_text = logit_scale * text_embeds @ image_embeds.t()
         logits_per_image = logits_per_text.t()
 
         patch_embeds = vision_outputs.patch_embeds
-        patch_embeds = F.normalize(patch_embeds, dim=-1) if patch_embeds is not None else None
-        sentence_embeds = F.normalize(text_outputs.sentence_embeds, dim=-1)
+        patch_embeds = _l2_normalize(patch_embeds) if patch_embeds is not None else None
+        sentence_embeds = _l2_normalize(text_outputs.sentence_embeds)
         sentence_mask = text_outputs.sentence_mask
 
         gaze_maps = None
@@ -505,17 +608,28 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
 
     def get_pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C): the tower's pooled, un-projected feature, the classifier's input."""
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+        return self._pool(self.vision_model(pixel_values=pixel_values, return_dict=True))
+
+    @staticmethod
+    def _pool(outputs) -> torch.Tensor:
         pooled = outputs.pooler_output
         if pooled is None:  # towers without a pooler: the mean over all tokens or positions
             hidden = outputs.last_hidden_state
             pooled = hidden.flatten(2).mean(-1) if hidden.ndim == 4 else hidden.mean(1)
         return pooled.flatten(1)
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        """pixel_values (B, 3, H, W); labels (B,) class ids or (B, num_labels) floats -> logits (B, num_labels)."""
-        pooled = self.get_pooled_features(pixel_values)
-        logits = self.classifier(pooled)
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
+    ) -> ImageClassifierOutput:
+        """pixel_values (B, 3, H, W); labels (B,) class ids or (B, num_labels) floats -> logits (B, num_labels).
+        `output_hidden_states` / `output_attentions` / `return_dict` as in `CLIPForImageClassification`."""
+        _check_kwargs(kwargs, "EGMAForImageClassification.forward")
+        if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] == 0:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(f"pixel_values must be a float tensor of shape (batch>0, channels, height, width), got {shape}")
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        logits = self.classifier(self._pool(outputs))
         loss = None
         if labels is not None:
             problem = self.config.problem_type or (
@@ -530,7 +644,12 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
                 loss = F.cross_entropy(logits.float(), labels.long())
             else:
                 raise ValueError(f"problem_type {problem!r} is not supported; use multi- or single-label classification")
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return ImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
 
 
 __all__ = [

@@ -36,6 +36,12 @@ GRID = 4
 IMAGE_SIZE = 32
 
 
+def pytest_configure(config):
+    # Markers of transformers' common model tests (tests/upstream_transformers.py), declared as transformers does.
+    for name in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{name}: used by transformers' common model tests")
+
+
 def make_tokenizer() -> BertTokenizerFast:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {token: index for index, token in enumerate(specials + WORDS)}
