@@ -190,9 +190,11 @@ def gaze_agreement(similarity_maps, gaze_maps, threshold: float = 1 / 255, patch
     Returns:
         {"correlation": [...], "auroc": [...], "scored": [sentence indices], "skipped": {reason: count}}: Pearson
         correlation and AUROC (similarity scoring hot vs not-hot patches) for each scored sentence. Skipped:
-        "no_hot_patch" (no gaze above the threshold), "all_patches_hot" (nothing to tell apart) and
-        "constant_similarity" (correlation undefined).
+        "no_hot_patch" (no gaze above the threshold), "all_patches_hot" (nothing to tell apart),
+        "constant_similarity" (correlation undefined) and "non_finite" (NaN or inf in either map).
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1) (gaze maps are scaled to max 1), got {threshold!r}")
     similarity, gaze = _numpy(similarity_maps), _numpy(gaze_maps)
     if similarity.ndim != 3 or similarity.shape != gaze.shape:
         raise ValueError(f"need two (S, h, w) arrays of one shape, got {similarity.shape} and {gaze.shape}")
@@ -201,6 +203,9 @@ def gaze_agreement(similarity_maps, gaze_maps, threshold: float = 1 / 255, patch
         raise ValueError(f"patch_mask must be {similarity.shape[1:]}, got {mask.shape}")
     result = {"correlation": [], "auroc": [], "scored": [], "skipped": Counter()}
     for index, (sim, gz) in enumerate(zip(similarity, gaze)):
+        if not (np.isfinite(sim).all() and np.isfinite(gz).all()):
+            result["skipped"]["non_finite"] += 1  # a NaN gaze peak would otherwise read as "no hot patch"
+            continue
         peak = gz.max()
         hot = gz / peak > threshold if peak > 0 else np.zeros_like(gz, bool)
         sim, gz, hot = sim[mask], gz[mask], hot[mask]

@@ -18,8 +18,10 @@ With `config=None` the model is `EGMAConfig()` (Swin-T, BERT-base with Bio_Clini
 included), and `projection_dim` read from the checkpoint; every other size is checked against the weights.
 """
 
+import json
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,11 @@ from .modeling_egma import EGMAModel
 logger = logging.get_logger(__name__)
 
 WEIGHTS_NAME = "pytorch_model.bin"
+# What a saved EGMA model folder holds (`save_pretrained`): one of these weight files, and its processor's files.
+SAVED_WEIGHTS = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+SAVED_PROCESSOR = (("processor_config.json", "preprocessor_config.json"), ("tokenizer_config.json",))
 
 # (original prefix, EGMAModel prefix); a rule matches the prefix itself or the prefix followed by ".".
 PREFIX_RULES = (
@@ -191,6 +198,13 @@ def config_for_original_checkpoint(state_dict: dict[str, torch.Tensor] | None = 
 
 
 def _convert(state_dict: dict[str, torch.Tensor], config: EGMAConfig, target: dict[str, torch.Tensor]):
+    if not state_dict:
+        raise ValueError("the checkpoint holds no tensors (an empty state dict)")
+    own_keys = [key for key in state_dict if key in target and key != "logit_scale"]
+    if len(own_keys) > len(state_dict) / 2:
+        raise ValueError(f"the checkpoint's keys are EGMAModel's own (e.g. {own_keys[0]!r}), not the original "
+                         "MedCLIP/EGMA layout: it needs no conversion; save it with EGMAModel.save_pretrained and "
+                         "load that")
     if not any(_target_key(key, config, ()) is not None for key in state_dict):
         hint = " (keys start with 'module.': strip that DataParallel prefix first)" if all(
             key.startswith("module.") for key in state_dict) else ""
@@ -260,10 +274,33 @@ def convert_medclip_state_dict(
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
+        if not (path / WEIGHTS_NAME).is_file() and any((path / name).is_file() for name in SAVED_WEIGHTS[:2]):
+            raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} but a model.safetensors: if it is a saved "
+                                    "EGMA model, it needs no conversion (load it with EGMAModel.from_pretrained)")
         path = path / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no MedCLIP/EGMA checkpoint at {path} (expected a {WEIGHTS_NAME} file or its folder)")
     return path
+
+
+def _read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """torch.load of an original checkpoint, with any failure reported as a ValueError naming the file."""
+    try:
+        state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused an object, or the bytes are no pickle at all
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", str(error), re.S)
+        detail = detail.group(1) if detail else (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{checkpoint} is not a PyTorch state dict of tensors (torch.load with weights_only=True "
+                         f"refused it: {detail[:200]})") from None
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes make the unpickler raise anything (IndexError, ...)
+        raise ValueError(f"{checkpoint} cannot be read as a PyTorch checkpoint; is it truncated or another kind of "
+                         f"file? ({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        nested = [key for key, value in state_dict.items() if isinstance(value, dict)] if isinstance(
+            state_dict, dict) else []
+        hint = f" (it nests dicts under {nested[:3]}: pass the state dict itself)" if nested else ""
+        raise ValueError(f"{checkpoint} is not a state dict of tensors (a dict of key -> torch.Tensor){hint}")
+    return state_dict
 
 
 def _resolve_config(config, state_dict) -> EGMAConfig:
@@ -273,10 +310,51 @@ def _resolve_config(config, state_dict) -> EGMAConfig:
         return config
     path = Path(config)
     if path.is_dir():
-        return EGMAConfig.from_pretrained(path)
-    if path.is_file():
-        return EGMAConfig.from_json_file(path)
-    raise FileNotFoundError(f"no EGMA config at {path} (expected a config.json file or a folder with one)")
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no EGMA config at {path} (expected a config.json file or a folder with one)")
+    _egma_config_dict(path, "config")
+    return EGMAConfig.from_json_file(path)
+
+
+def _egma_config_dict(path: Path, argument: str) -> dict:
+    """The parsed config.json at `path`, which must describe an EGMA model; ValueError naming the file otherwise."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{argument}: {path} is not a readable JSON config ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{argument}: {path} must hold a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type != EGMAConfig.model_type:
+        raise ValueError(f"{argument}: {path} is not an EGMA config: model_type is {model_type!r}, expected "
+                         f"{EGMAConfig.model_type!r} (original MedCLIP/EGMA weights: examples/convert_checkpoint.py)")
+    return config
+
+
+def check_egma_checkpoint(path: str | os.PathLike, argument: str = "model", processor: bool = True) -> dict:
+    """Check that `path` is a folder saved by `EGMAModel.save_pretrained` (and, with `processor`, by
+    `EGMAProcessor.save_pretrained`) before any work starts; return its config as a dict.
+
+    Raises FileNotFoundError or ValueError naming `argument` and what is missing or wrong: no such folder, a file,
+    no config.json, a config of another model type, no weights file, no processor files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{argument} {path}: no such directory")
+    if not path.is_dir():
+        raise ValueError(f"{argument} {path} is a file, not a saved model directory")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{argument} {path} is not a saved model: it has no config.json")
+    config = _egma_config_dict(path / "config.json", argument)
+    if not any((path / name).is_file() for name in SAVED_WEIGHTS):
+        raise FileNotFoundError(f"{argument} {path} has no weights file (one of {list(SAVED_WEIGHTS)})")
+    if processor:
+        for alternatives in SAVED_PROCESSOR:
+            if not any((path / name).is_file() for name in alternatives):
+                raise FileNotFoundError(f"{argument} {path} has no processor ({' or '.join(alternatives)} missing): "
+                                        "save it with EGMAProcessor.save_pretrained into the same folder")
+    return config
 
 
 def load_original_checkpoint(
@@ -293,13 +371,14 @@ def load_original_checkpoint(
     `return_report=True` returns `(model, report)`.
     """
     checkpoint = _resolve_checkpoint(path)
-    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
-        raise ValueError(f"{checkpoint} is not a state dict of tensors (a dict of key -> torch.Tensor)")
+    state_dict = _read_state_dict(checkpoint)
     config = _resolve_config(config, state_dict)
     with torch.device("meta"):
         target = EGMAModel(config).state_dict()
-    converted, report = _convert(state_dict, config, target)
+    try:
+        converted, report = _convert(state_dict, config, target)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint}: {error}") from None
     if not report.complete and strict:
         raise ValueError(
             f"{checkpoint} does not match EGMAModel exactly (pass strict=False to load it anyway):\n{report}"
@@ -319,6 +398,7 @@ def load_original_checkpoint(
 
 __all__ = [
     "ConversionReport",
+    "check_egma_checkpoint",
     "config_for_original_checkpoint",
     "convert_medclip_state_dict",
     "load_original_checkpoint",

@@ -5,12 +5,15 @@ examples/pretrain.py) and evaluation reports (written by examples/evaluate.py), 
 """
 
 import json
+import numbers
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import validate_repo_id
 
 from .configuration_egma import EGMAConfig
-from .reporting import eval_results, results_table
+from .conversion import check_egma_checkpoint
+from .reporting import check_report, eval_results, results_table
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
 TAGS = ["egma", "chest-x-ray", "radiology", "eye-gaze", "medical", "clip", "vision-language"]
@@ -18,7 +21,27 @@ SYNTHETIC_DATA = "egma_hf-synthetic-mimic-eye"
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON object in `path`, None when there is no such file; ValueError naming the file when it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_repo_id(repo_id) -> str:
+    """A Hub model id "namespace/name" (the card's usage snippets need the namespace); ValueError otherwise."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"repo_id must be 'user/name' or 'org/name', got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:  # huggingface_hub's HFValidationError
+        raise ValueError(f"repo_id {repo_id!r} is not a valid Hub id: {error}") from None
+    return repo_id
 
 
 def _tower(config) -> str:
@@ -29,11 +52,16 @@ def _tower(config) -> str:
     return f"`{name}` — {described}" if name else described
 
 
-def pretraining_report(eval_results_json: dict) -> dict | None:
-    """examples/pretrain.py's held-out zero-shot AUROC as a report (no intervals), or None if it has none."""
+def pretraining_report(eval_results_json: dict, source: str = "eval_results.json") -> dict | None:
+    """examples/pretrain.py's held-out zero-shot AUROC as a report (no intervals), or None if it has none.
+    `source` names the file in errors."""
     test = (eval_results_json or {}).get("test")
     if not test:
         return None
+    missing = [key for key in ("num_images", "auroc", "mean_auroc") if key not in test]
+    if missing or not isinstance(test["auroc"], dict):
+        raise ValueError(f"{source}: its 'test' entry lacks {missing or ['an auroc object']} (written by "
+                         "examples/pretrain.py as {num_images, auroc: {finding: value}, mean_auroc})")
     return {"dataset": "pretraining-test-split", "dataset_name": "Pre-training data, held-out test split",
             "split": "test", "num_images": test["num_images"],
             "zero_shot": {"auroc": {k: {"value": v} for k, v in test["auroc"].items()}, "mean_auroc": test["mean_auroc"]}}
@@ -53,16 +81,28 @@ def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, li
     from . import __version__
 
     model_dir = Path(model_dir)
+    check_repo_id(repo_id)
     template_path = Path(template_path) if template_path else DEFAULT_TEMPLATE
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=, e.g. the "
                                 "MODEL_CARD.md of an egma_hf checkout)")
+    check_egma_checkpoint(model_dir, "model_dir", processor=False)
+    if not isinstance(license, str) or not license.strip():
+        raise ValueError(f"license must be a license id such as 'apache-2.0', got {license!r}")
+    if datasets is not None and (isinstance(datasets, str) or not all(isinstance(d, str) and d for d in datasets)):
+        raise ValueError(f"datasets must be a list of dataset names, got {datasets!r}")
+    reports = [check_report(report, f"reports[{index}]") for index, report in enumerate(reports)]
     config = EGMAConfig.from_pretrained(model_dir)
     training = _read_json(model_dir / "training_config.json") or {}
+    gaze = training.get("gaze_fraction")
+    if gaze is not None and (isinstance(gaze, bool) or not isinstance(gaze, numbers.Real) or not 0 <= gaze <= 1):
+        raise ValueError(f"{model_dir / 'training_config.json'}: gaze_fraction must be a number in [0, 1], "
+                         f"got {gaze!r}")
     if reports:
         summary = "Zero-shot results, computed with egma_hf's `examples/evaluate.py`:"
     else:
-        reports = [r for r in [pretraining_report(_read_json(model_dir / "eval_results.json"))] if r]
+        reports = [r for r in [pretraining_report(_read_json(model_dir / "eval_results.json"),
+                                                     str(model_dir / "eval_results.json"))] if r]
         summary = ("Zero-shot AUROC of positive-vs-negative finding prompts on the held-out test split of the "
                    "pre-training data, from `examples/pretrain.py` (no intervals):" if reports else
                    "No evaluation results were supplied with this model.")
@@ -81,7 +121,6 @@ def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, li
         training_data, scope = "Not recorded with this model (no `training_config.json`).", "unknown data"
     details = [f"- {label}: {training[key]}" for key, label in (("epochs", "Epochs"), ("batch_size", "Batch size"),
                ("lr", "Learning rate"), ("seed", "Seed"), ("init_from", "Initialised from")) if training.get(key)]
-    gaze = training.get("gaze_fraction")
 
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="zero-shot-image-classification", license=license,

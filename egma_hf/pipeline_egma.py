@@ -18,7 +18,14 @@ import numpy as np
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .zero_shot import ZeroShotClassifier, embed_pixel_values
+from .zero_shot import (
+    ZeroShotClassifier,
+    candidate_label_prompts,
+    check_ensemble,
+    check_top_k,
+    embed_pixel_values,
+    resolve_class_prompts,
+)
 
 TASK = "egma-zero-shot-image-classification"
 # What `config.custom_pipelines` holds on the Hub so that `pipeline(TASK, model=repo, trust_remote_code=True)`
@@ -41,18 +48,21 @@ class EGMAZeroShotImageClassificationPipeline(Pipeline):
         """images: a path or URL (PNG/JPG), a PIL image or an (H, W) / (H, W, C) array (read DICOM files with
         `egma_hf.data.load_image`), or a list of them. Keyword arguments: `class_prompts`
         (dict or built-in set name) or `candidate_labels` (+ `hypothesis_template`, default "{}"), `ensemble`
-        ("max" or "mean"), `top_k`, `timeout`."""
+        ("max" or "mean"), `top_k` (an int >= 1; more than the number of classes gives them all), `timeout`."""
         if (kwargs.get("class_prompts") is None) == (kwargs.get("candidate_labels") is None):
             raise ValueError("pass exactly one of class_prompts (dict or built-in set name) and candidate_labels")
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("images is empty: pass an image, or a non-empty list of them")
         return super().__call__(images, **kwargs)
 
     def _sanitize_parameters(self, class_prompts=None, candidate_labels=None, hypothesis_template=None,
                              ensemble=None, top_k=None, timeout=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)} for {TASK}")
-        forward, postprocess = {}, {"top_k": top_k} if top_k is not None else {}
+        forward, postprocess = {}, {"top_k": check_top_k(top_k)} if top_k is not None else {}
         if class_prompts is not None or candidate_labels is not None:
-            classifier = self.classifier_for(class_prompts, candidate_labels, hypothesis_template, ensemble or "max")
+            classifier = self.classifier_for(class_prompts, candidate_labels, hypothesis_template,
+                                             "max" if ensemble is None else ensemble)
             forward["classifier"] = postprocess["classifier"] = classifier
         preprocess = {"timeout": timeout} if timeout is not None else {}
         return preprocess, forward, postprocess
@@ -62,12 +72,12 @@ class EGMAZeroShotImageClassificationPipeline(Pipeline):
         """The (cached) classifier for a prompt set; exactly one of class_prompts and candidate_labels."""
         if (class_prompts is None) == (candidate_labels is None):
             raise ValueError("pass exactly one of class_prompts (dict or built-in set name) and candidate_labels")
+        check_ensemble(ensemble)
         if candidate_labels is not None:
-            if isinstance(candidate_labels, str) or len(set(candidate_labels)) != len(candidate_labels):
-                raise ValueError(f"candidate_labels must be a list of distinct names, got {candidate_labels!r}")
-            template = hypothesis_template or "{}"
-            class_prompts = {label: [template.format(label)] for label in candidate_labels}
-        key = (json.dumps(class_prompts, sort_keys=True), ensemble)
+            class_prompts = candidate_label_prompts(candidate_labels, hypothesis_template)
+        elif hypothesis_template is not None:
+            raise ValueError("hypothesis_template applies to candidate_labels only; write class_prompts out in full")
+        key = (json.dumps(resolve_class_prompts(class_prompts)), ensemble)  # validated, and in one canonical form
         if key not in self._classifiers:
             classifier = ZeroShotClassifier.from_prompts(self.model, self.tokenizer, class_prompts, ensemble)
             self._classifiers[key] = classifier.to(self.device)

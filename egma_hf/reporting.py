@@ -6,9 +6,101 @@ A report is the dict `examples/evaluate.py` writes as JSON: `dataset`, `dataset_
 `retrieval` (precision/recall per direction and k, each with a bootstrap interval).
 """
 
+import json
+import math
+import numbers
+from pathlib import Path
+
 from huggingface_hub import EvalResult
 
 TASK_TYPES = {"zero_shot": "zero-shot-image-classification", "retrieval": "zero-shot-retrieval"}
+REQUIRED_KEYS = {"dataset": str, "split": str, "num_images": int}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number a report may hold (write null, with a reason)")
+
+
+def load_report(path) -> dict:
+    """Read and check one report.json of examples/evaluate.py; ValueError / FileNotFoundError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation report {path}: no such file")
+    try:
+        report = json.loads(path.read_text(), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"evaluation report {path} is not valid JSON: {error}") from None
+    return check_report(report, str(path))
+
+
+def check_report(report, source: str = "report") -> dict:
+    """`report` when it has what the tables need (see the module docstring) and no NaN or inf anywhere; else a
+    ValueError naming `source` and the key."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{source}: a report must be a JSON object, got {type(report).__name__}")
+    for key, kind in REQUIRED_KEYS.items():
+        if key not in report:
+            raise ValueError(f"{source}: missing key {key!r} (a report of examples/evaluate.py has "
+                             f"{sorted(REQUIRED_KEYS)}, and 'zero_shot' and/or 'retrieval')")
+        if not isinstance(report[key], kind) or isinstance(report[key], bool):
+            raise ValueError(f"{source}: {key!r} must be a {kind.__name__}, got {report[key]!r:.60}")
+    if report.get("zero_shot") is None and report.get("retrieval") is None:
+        raise ValueError(f"{source}: no results: the report has neither 'zero_shot' nor 'retrieval'")
+    _check_finite_everywhere(report, source)
+    zero_shot = report.get("zero_shot")
+    if zero_shot is not None:
+        if not isinstance(zero_shot, dict):
+            raise ValueError(f"{source}: 'zero_shot' must be an object, got {type(zero_shot).__name__}")
+        if "accuracy" in zero_shot:
+            for key in ("accuracy", "macro_f1"):
+                _check_interval(zero_shot.get(key), f"{source}: zero_shot.{key}")
+        else:
+            if not isinstance(zero_shot.get("auroc"), dict):
+                raise ValueError(f"{source}: zero_shot needs 'accuracy' (single-label) or an 'auroc' object "
+                                 "(multi-label)")
+            for name, interval in zero_shot["auroc"].items():
+                _check_interval(interval, f"{source}: zero_shot.auroc.{name}")
+        if "mean_auroc" in zero_shot and zero_shot["mean_auroc"] is not None:
+            _check_number(zero_shot["mean_auroc"], f"{source}: zero_shot.mean_auroc")
+    retrieval = report.get("retrieval")
+    if retrieval is not None:
+        if not isinstance(retrieval, dict):
+            raise ValueError(f"{source}: 'retrieval' must be an object, got {type(retrieval).__name__}")
+        for direction, entry in retrieval.items():
+            for kind in ("precision", "recall"):
+                values = (entry or {}).get(kind, {}) if isinstance(entry, dict) else None
+                if not isinstance(values, dict):
+                    raise ValueError(f"{source}: retrieval.{direction}.{kind} must be an object {{k: interval}}")
+                for k, interval in values.items():
+                    _check_interval(interval, f"{source}: retrieval.{direction}.{kind}.{k}")
+    return report
+
+
+def _check_number(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where} must be a number, got {value!r:.60}")
+
+
+def _check_interval(interval, where: str) -> None:
+    if isinstance(interval, numbers.Real) and not isinstance(interval, bool):
+        return  # a bare value (e.g. the pre-training report's AUROC), no interval
+    if not isinstance(interval, dict) or "value" not in interval:
+        raise ValueError(f"{where} must be a number or an object with a 'value', got {interval!r:.80}")
+    _check_number(interval["value"], f"{where}.value")
+    for bound in ("low", "high"):
+        if interval.get(bound) is not None:
+            _check_number(interval[bound], f"{where}.{bound}")
+
+
+def _check_finite_everywhere(value, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: a report may not hold NaN or inf (null, with a reason, instead)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_everywhere(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_finite_everywhere(item, f"{where}[{index}]")
 
 
 def metric_rows(report: dict) -> list[dict]:
@@ -23,7 +115,8 @@ def metric_rows(report: dict) -> list[dict]:
     elif zero_shot is not None:  # multi-label
         for name, interval in zero_shot["auroc"].items():
             rows.append(_row("zero_shot", f"AUROC {name}", "roc_auc", interval))
-        rows.append(_row("zero_shot", "Mean AUROC", "roc_auc", {"value": zero_shot["mean_auroc"]}))
+        if zero_shot.get("mean_auroc") is not None:  # None: no finding had an AUROC (the report says why)
+            rows.append(_row("zero_shot", "Mean AUROC", "roc_auc", {"value": zero_shot["mean_auroc"]}))
     for direction, label in (("i2t", "image→text"), ("t2i", "text→image")):
         for kind, short in (("precision", "P"), ("recall", "R")):
             for k, interval in report.get("retrieval", {}).get(direction, {}).get(kind, {}).items():
@@ -31,7 +124,9 @@ def metric_rows(report: dict) -> list[dict]:
     return rows
 
 
-def _row(task: str, metric: str, metric_type: str, interval: dict) -> dict:
+def _row(task: str, metric: str, metric_type: str, interval) -> dict:
+    if not isinstance(interval, dict):
+        interval = {"value": interval}
     return {"task": task, "metric": metric, "metric_type": metric_type, "value": float(interval["value"]),
             "low": interval.get("low"), "high": interval.get("high")}
 
@@ -47,7 +142,8 @@ def format_value(row: dict) -> str:
 def results_table(reports: list[dict]) -> str:
     """A Markdown table of every report's headline numbers (percent, 95% bootstrap intervals)."""
     lines = ["| Data set | Split | Images | Task | Metric | Value (95% CI) |", "|---|---|---|---|---|---|"]
-    for report in reports:
+    for index, report in enumerate(reports):
+        check_report(report, f"reports[{index}]")
         for row in metric_rows(report):
             lines.append(f"| {report.get('dataset_name', report['dataset'])} | {report['split']} | "
                          f"{report['num_images']} | {row['task'].replace('_', '-')} | {row['metric']} | "
@@ -58,7 +154,8 @@ def results_table(reports: list[dict]) -> str:
 def eval_results(reports: list[dict]) -> list[EvalResult]:
     """Hub `model-index` entries (values in percent, as the table)."""
     results = []
-    for report in reports:
+    for index, report in enumerate(reports):
+        check_report(report, f"reports[{index}]")
         for row in metric_rows(report):
             results.append(EvalResult(
                 task_type=TASK_TYPES[row["task"]], dataset_type=report["dataset"],
@@ -70,11 +167,13 @@ def eval_results(reports: list[dict]) -> list[EvalResult]:
 
 def markdown_report(report: dict) -> str:
     """A readable report of one evaluation: the headline table, warnings, per-class numbers, confusion matrix."""
+    check_report(report)
     zero_shot = report.get("zero_shot") or {}
     lines = [f"# {report.get('dataset_name', report['dataset'])}: {report['split']} split", "",
-             f"- model: `{report['model']}`", f"- images: {report['num_images']}"]
+             f"- model: `{report.get('model', 'not recorded')}`", f"- images: {report['num_images']}"]
     if zero_shot:
-        lines.append(f"- prompts: {report['prompt_set']} (ensemble: {report['ensemble']})")
+        lines.append(f"- prompts: {report.get('prompt_set', 'not recorded')} "
+                     f"(ensemble: {report.get('ensemble', 'not recorded')})")
     if report.get("skipped_images"):
         lines.append(f"- images skipped while loading: {report['skipped_images']}")
     lines += ["", results_table([report]), ""]
@@ -95,7 +194,20 @@ def markdown_report(report: dict) -> str:
                   for name, row in zip(names, zero_shot["confusion_matrix"])]
         lines.append("")
     if zero_shot.get("skipped"):
-        lines += [f"Findings without both positive and negative images (no AUROC): {', '.join(zero_shot['skipped'])}", ""]
+        reasons = zero_shot.get("skipped_reasons", {})
+        named = ", ".join(f"{name} ({reasons[name]})" if name in reasons else name for name in zero_shot["skipped"])
+        lines += [f"Findings without both positive and negative images (no AUROC): {named}", ""]
+    if zero_shot.get("auroc_undefined"):
+        named = ", ".join(f"{name} ({reason})" for name, reason in zero_shot["auroc_undefined"].items())
+        lines += [f"Classes without a one-vs-rest AUROC: {named}", ""]
+    if zero_shot.get("mean_auroc_undefined"):
+        lines += [f"No mean AUROC: {zero_shot['mean_auroc_undefined']}.", ""]
+    for direction, entry in (report.get("retrieval") or {}).items():
+        for k, reason in (entry.get("skipped_ks") or {}).items():
+            lines.append(f"- {direction}: K={k} skipped: {reason}")
+        if entry.get("skipped_queries"):
+            skipped = entry["skipped_queries"]
+            lines.append(f"- {direction}: {skipped['count']} queries skipped: {skipped['reason']}")
     if zero_shot.get("labels_not_scored"):
         counts = ", ".join(f"{k} ({v})" for k, v in zero_shot["labels_not_scored"].items())
         lines += [f"Labels outside the prompt set, not scored: {counts}", ""]

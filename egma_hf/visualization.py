@@ -68,8 +68,11 @@ def plot_reading(row: dict, path=None, **kwargs):
 
 def plot_confusion_matrix(matrix, class_names, path=None, title: str = ""):
     """Counts (rows true, columns predicted) as a heat map with the count in each cell; returns the figure."""
-    plt = _pyplot()
     matrix = np.asarray(matrix)
+    if matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"matrix must be (classes, classes) = {(len(class_names),) * 2} for class_names "
+                         f"{list(class_names)}, got shape {matrix.shape}")
+    plt = _pyplot()
     size = 1.2 + 0.9 * len(class_names)
     figure, axis = plt.subplots(figsize=(size + 1, size), dpi=DPI)
     image = axis.imshow(matrix, cmap="Blues")
@@ -91,6 +94,8 @@ def plot_confusion_matrix(matrix, class_names, path=None, title: str = ""):
 
 def plot_roc_curves(curves: dict, path=None, title: str = ""):
     """curves: {name: (binary labels (N,), scores (N,))}; one ROC line per name, AUROC in the legend."""
+    if not curves:
+        raise ValueError("no ROC curve to draw (curves is empty)")
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 5), dpi=DPI)
     for name, (labels, scores) in curves.items():

@@ -13,9 +13,13 @@ Class prompts are a dict keyed by class name, in one of two forms:
 Classes are stored in sorted-name order, so no result depends on the order the classes were given, even on ties.
 """
 
+import numbers
+import os
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +40,64 @@ BUILTIN_PROMPT_SETS = {
     "chexpert_findings": lambda: dict(FINDING_PROMPT_PAIRS),
 }
 
+ENSEMBLES = ("max", "mean")
+
+
+def check_ensemble(ensemble) -> str:
+    """`ensemble` itself, or a ValueError naming the argument and the accepted values."""
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+    return ensemble
+
+
+def check_positive_int(value, name: str) -> int:
+    """`value` when it is an int >= 1 (not a bool), else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def check_top_k(top_k) -> int | None:
+    """None (every label) or an int >= 1; a top_k above the number of labels gives every label."""
+    return None if top_k is None else check_positive_int(top_k, "top_k")
+
+
+def check_hypothesis_template(template) -> str:
+    """A template with exactly one `{}` field (where the label goes); anything else would give every label the
+    same prompt (no field: uniform scores) or fail half-way (two fields, a named field, a bad format spec)."""
+    if not isinstance(template, str):
+        raise ValueError(f"hypothesis_template must be a string with one '{{}}' for the label, got "
+                         f"{type(template).__name__} {template!r}")
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        if len(fields) != 1 or fields[0] not in ("", "0"):
+            raise ValueError(f"it has {len(fields)} replacement fields {fields}" if fields else "it has none")
+        template.format("label")
+    except (ValueError, IndexError, KeyError) as error:
+        raise ValueError(f"hypothesis_template must contain exactly one '{{}}' where the label goes (e.g. "
+                         f"'a chest X-ray with {{}}'), got {template!r}: {error}") from None
+    return template
+
+
+def candidate_label_prompts(candidate_labels, hypothesis_template=None) -> dict[str, list[str]]:
+    """CLIP-style `candidate_labels` and `hypothesis_template` (default "{}") -> {label: [prompt]}."""
+    if isinstance(candidate_labels, str) or not isinstance(candidate_labels, (Sequence, np.ndarray)):
+        raise ValueError(f"candidate_labels must be a list of label strings, got {type(candidate_labels).__name__} "
+                         f"{candidate_labels!r:.80}")
+    candidate_labels = [str(label) if isinstance(label, str) else label for label in candidate_labels]
+    if not candidate_labels:
+        raise ValueError("candidate_labels is empty: pass at least one label")
+    bad = [(index, label) for index, label in enumerate(candidate_labels)
+           if not isinstance(label, str) or not label.strip()]
+    if bad:
+        raise ValueError(f"candidate_labels must be non-empty strings; bad entries (index, value): {bad[:5]}")
+    stripped = [label.strip() for label in candidate_labels]
+    duplicates = sorted({label for label in stripped if stripped.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"candidate_labels must be distinct; repeated: {duplicates}")
+    template = check_hypothesis_template("{}" if hypothesis_template is None else hypothesis_template)
+    return {label: [template.format(label)] for label in candidate_labels}
+
 
 def resolve_class_prompts(class_prompts) -> tuple[dict[str, list[str]], dict[str, list[str]] | None]:
     """Validate class prompts (a dict, or the name of a built-in set in `BUILTIN_PROMPT_SETS`).
@@ -52,7 +114,10 @@ def resolve_class_prompts(class_prompts) -> tuple[dict[str, list[str]], dict[str
                          f"{type(class_prompts).__name__} {class_prompts!r:.80}")
     positives, negatives = {}, {}
     for raw_name, value in class_prompts.items():
-        name = str(raw_name).strip()
+        if not isinstance(raw_name, str):
+            raise ValueError(f"class_prompts keys must be class names (strings), got {type(raw_name).__name__} "
+                             f"{raw_name!r}")
+        name = raw_name.strip()
         if not name:
             raise ValueError(f"class name {raw_name!r} is empty")
         if name in positives:
@@ -92,6 +157,9 @@ def _prompt_list(name: str, value, what: str) -> list[str]:
 @torch.no_grad()
 def embed_prompts(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 77) -> torch.Tensor:
     """Texts (one sentence each) -> (T, D) L2-normalised global text embeddings; puts the model in eval mode."""
+    check_positive_int(batch_size, "batch_size")
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError(f"texts must be a non-empty list of strings, got {texts!r:.80}")
     model.eval()
     device = next(model.parameters()).device
     chunks = []
@@ -151,8 +219,7 @@ class ZeroShotClassifier:
     negative_mask: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.ensemble not in ("max", "mean"):
-            raise ValueError(f"ensemble must be 'max' or 'mean', got {self.ensemble!r}")
+        check_ensemble(self.ensemble)
 
     @property
     def multi_label(self) -> bool:
@@ -161,6 +228,7 @@ class ZeroShotClassifier:
     @classmethod
     def from_prompts(cls, model, tokenizer, class_prompts, ensemble: str = "max", batch_size: int = 64):
         """Embed `class_prompts` (see the module docstring, or a built-in set name) with `model`, once."""
+        check_ensemble(ensemble)
         positives, negatives = resolve_class_prompts(class_prompts)
         groups = list(positives.values()) + (list(negatives.values()) if negatives else [])
         distinct = list(dict.fromkeys(prompt for group in groups for prompt in group))
@@ -177,6 +245,11 @@ class ZeroShotClassifier:
 
     def logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """(N, D) normalised image embeddings -> (N, C): class logits, or positive-minus-negative logits."""
+        width = self.prompt_embeds.shape[-1]
+        if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 2 or image_embeds.shape[1] != width:
+            shape = tuple(image_embeds.shape) if hasattr(image_embeds, "shape") else type(image_embeds).__name__
+            raise ValueError(f"image_embeds must be an (images, {width}) tensor, the model's embedding width, "
+                             f"got {shape}")
         image_embeds = image_embeds.to(self.prompt_embeds.device, self.prompt_embeds.dtype)
         logits = self.logit_scale * _ensemble(image_embeds, self.prompt_embeds, self.prompt_mask, self.ensemble)
         if self.multi_label:
@@ -192,6 +265,8 @@ class ZeroShotClassifier:
     def predict(self, image_embeds: torch.Tensor, threshold: float = 0.5) -> list:
         """Single-label: one class name per image (ties go to the first name in sorted order).
         Multi-label: per image, the findings whose probability is at least `threshold`."""
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")  # NaN fails too
         if self.multi_label:
             present = self.probabilities(image_embeds) >= threshold
             return [[name for name, on in zip(self.class_names, row) if on] for row in present.tolist()]
@@ -214,8 +289,12 @@ def zero_shot_classify(model, processor, images, class_prompts, ensemble: str = 
     Returns:
         (class names in sorted order, (N, C) probabilities).
     """
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
+        raise ValueError(f"images must be a list of images, got {type(images).__name__} (for files, read each with "
+                         "egma_hf.data.load_image)")
     if len(images) == 0:
         raise ValueError("images is empty")
+    check_positive_int(batch_size, "batch_size")
     classifier = ZeroShotClassifier.from_prompts(model, processor.tokenizer, class_prompts, ensemble)
     chunks = []
     for start in range(0, len(images), batch_size):

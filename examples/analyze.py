@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain  # noqa: E402  (examples/pretrain.py: the same readings as training)
 
 from egma_hf import EGMAModel, EGMAProcessor  # noqa: E402
+from egma_hf.conversion import check_egma_checkpoint  # noqa: E402
 from egma_hf.analysis import (  # noqa: E402
     gaze_agreement,
     gaze_on_patch_grid,
@@ -65,7 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--projection", choices=["tsne", "pca"], default="tsne")
     add("--batch_size", type=int, default=16)
     add("--seed", type=int, default=0, help="t-SNE, the shuffled control and the untrained baseline")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is a file, not a folder")
+    return args
 
 
 def load_readings(args) -> tuple[datasets.Dataset, str]:
@@ -88,8 +94,10 @@ def load_models(args, device) -> dict:
         models[unique] = (model.to(device).eval(), processor)
 
     for path in [args.model, *(path for path in args.baseline if path != UNTRAINED)]:
-        if not Path(path).is_dir():
-            raise SystemExit(f"{path} is not a saved model directory")
+        try:
+            check_egma_checkpoint(path, "--model" if path == args.model else "--baseline")
+        except (ValueError, OSError) as error:
+            raise SystemExit(f"error: {error}") from None
         add(Path(path).resolve().name, EGMAModel.from_pretrained(path), EGMAProcessor.from_pretrained(path))
     if not args.baseline or UNTRAINED in args.baseline:
         trained, processor = models[next(iter(models))]

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub.utils import validate_repo_id
 
-from egma_hf import EGMAModel, EGMAProcessor, ZeroShotClassifier, __version__
+from egma_hf import EGMAConfig, EGMAModel, EGMAProcessor, ZeroShotClassifier, __version__
+from egma_hf.conversion import check_egma_checkpoint
 from egma_hf.data import (
     EVALUATION_SETS,
     cached_synthetic_corpus,
@@ -35,10 +37,16 @@ from egma_hf.data import (
     image_size_of,
     load_mimic_eye,
 )
-from egma_hf.evaluation import embed_images, evaluate_multi_label, evaluate_single_label, image_file_batches
-from egma_hf.metrics import bootstrap_ci, precision_at_k, recall_at_k
-from egma_hf.reporting import markdown_report
-from egma_hf.zero_shot import CHEXPERT_8X200_QUERIES, embed_prompts
+from egma_hf.evaluation import (
+    check_ks,
+    embed_images,
+    evaluate_multi_label,
+    evaluate_single_label,
+    image_file_batches,
+    retrieval_metrics,
+)
+from egma_hf.reporting import check_report, markdown_report
+from egma_hf.zero_shot import CHEXPERT_8X200_QUERIES, embed_prompts, resolve_class_prompts
 
 logger = logging.getLogger("evaluate")
 
@@ -69,7 +77,48 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (a smoke run)")
     parser.add_argument("--output_dir", help="default: eval/<dataset>")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args) -> None:
+    """Refuse flags that are out of range or do not apply to --dataset, before any work (argparse's usage error)."""
+    for name in ("batch_size", "bootstrap", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    try:
+        args.ks = check_ks(args.ks)
+    except ValueError as error:
+        parser.error(f"--ks: {error}")
+    if args.test_ids and args.dataset != "siim":
+        parser.error(f"--test_ids applies to --dataset siim only, not {args.dataset}")
+    if args.images_root and not args.dataset.startswith("chexpert"):
+        parser.error(f"--images_root applies to the CheXpert sets only, not {args.dataset}")
+    if args.prompts and SETS[args.dataset][0] == "retrieval":
+        parser.error("--prompts does not apply to chexpert_8x200 (retrieval uses the 40 expert queries)")
+    output_dir = Path(args.output_dir or Path("eval") / args.dataset)
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.error(f"--output_dir {output_dir} is a file, not a folder")
+
+
+def check_model(name: str) -> None:
+    """--model must be a saved EGMA folder (with its processor), or a Hub id whose config is EGMA's."""
+    try:
+        if Path(name).exists():
+            check_egma_checkpoint(name, "--model")
+            return
+        try:
+            validate_repo_id(name)
+        except ValueError:
+            raise FileNotFoundError(f"--model {name}: no such directory (nor a Hub id)") from None
+        config, _ = EGMAConfig.get_config_dict(name)  # config.json only, from the Hub or its cache
+        if config.get("model_type") != EGMAConfig.model_type:
+            raise ValueError(f"--model {name} is not an EGMA model: its config has model_type "
+                             f"{config.get('model_type')!r}, expected {EGMAConfig.model_type!r}")
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def load_rows(args):
@@ -115,30 +164,37 @@ def check_images(paths: list[str]) -> None:
         raise SystemExit(f"{len(failures)} of {len(paths)} images cannot be read:\n  " + "\n  ".join(failures[:10]))
 
 
-def class_prompts(args, default: str):
+def class_prompts(args, default: str, task: str):
+    """(prompts, their name): a built-in set name or a JSON file, checked (and fitted to the task) before any work."""
     name = args.prompts or default
+    prompts = name
     if name.endswith(".json"):
-        return json.loads(Path(name).read_text()), name
-    return name, name
+        path = Path(name)
+        if not path.is_file():
+            raise SystemExit(f"error: --prompts {path}: no such file")
+        try:
+            prompts = json.loads(path.read_text())
+        except (UnicodeDecodeError, ValueError) as error:
+            raise SystemExit(f"error: --prompts {path} is not valid JSON: {error}") from None
+    try:
+        _, negatives = resolve_class_prompts(prompts)
+    except ValueError as error:
+        raise SystemExit(f"error: --prompts {name}: {error}") from None
+    multi_label = task == "multi_label"
+    if (negatives is not None) != multi_label:
+        needed = "(positive, negative) prompt pairs per finding" if multi_label else "one prompt list per class"
+        raise SystemExit(f"--prompts {name} does not fit {args.dataset}: it needs {needed}")
+    return prompts, name
 
 
 def retrieval(model, tokenizer, image_embeds, image_labels, ks, num_bootstrap, seed) -> dict:
     """The paper's 8x200 retrieval: every image against the 40 expert queries, relevant = same class. Precision@K and
-    Recall@K per direction, each with a bootstrap interval over the queries; a k above the candidate count is skipped."""
+    Recall@K per direction, each with a bootstrap interval over the queries; a k above the candidate count, and a
+    query with no candidate of its class, are skipped and listed in the report."""
     texts = [(name, query) for name, queries in CHEXPERT_8X200_QUERIES.items() for query in queries]
     text_embeds = embed_prompts(model, tokenizer, [query for _, query in texts])
     text_labels = [name for name, _ in texts]
-    scores = (image_embeds @ text_embeds.t()).cpu().numpy()
-    relevant = np.asarray(image_labels, dtype=object)[:, None] == np.asarray(text_labels, dtype=object)[None, :]
-    result = {}
-    for direction, (s, r) in {"i2t": (scores, relevant), "t2i": (scores.T, relevant.T)}.items():
-        result[direction] = {
-            kind: {k: bootstrap_ci(lambda s_, r_, k=k, metric=metric: metric(s_, r_, k), s, r,
-                                   num_samples=num_bootstrap, seed=seed)
-                   for k in ks if k <= s.shape[1]}
-            for kind, metric in (("precision", precision_at_k), ("recall", recall_at_k))
-        }
-    return result
+    return retrieval_metrics(image_embeds, image_labels, text_embeds, text_labels, ks, num_bootstrap, seed)
 
 
 def main(argv=None) -> int:
@@ -146,9 +202,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     task, default_prompts, readable = SETS[args.dataset]
     output_dir = Path(args.output_dir or Path("eval") / args.dataset)
+    check_model(args.model)
+    if task != "retrieval":  # refuse a bad prompt set before reading any data
+        prompts, prompt_name = class_prompts(args, default_prompts, task)
 
-    rows, source = load_rows(args)
+    try:
+        rows, source = load_rows(args)
+    except (ValueError, OSError) as error:  # the readers name the file, row or column
+        raise SystemExit(f"error: {error}") from None
     if args.split != "all":
+        splits = sorted(set(rows["split"]))
+        if args.split not in splits:
+            raise SystemExit(f"error: --split {args.split!r}: {source} has the splits {splits} (or pass 'all')")
         rows = rows.filter(lambda split: split == args.split, input_columns="split")
     if args.limit:
         rows = rows.select(range(min(args.limit, len(rows))))
@@ -162,8 +227,7 @@ def main(argv=None) -> int:
     report = {"model": args.model, "dataset": args.dataset, "dataset_name": readable, "data": source,
               "split": args.split, "num_images": len(rows), "egma_hf_version": __version__,
               "bootstrap_samples": args.bootstrap}
-    if task != "retrieval":  # refuse a bad prompt set before embedding any image
-        prompts, prompt_name = class_prompts(args, default_prompts)
+    if task != "retrieval":
         classifier = ZeroShotClassifier.from_prompts(model, processor.tokenizer, prompts, args.ensemble)
         report.update(prompt_set=prompt_name, ensemble=args.ensemble)
     logger.info("embedding %d images from %s", len(rows), source)
@@ -178,9 +242,6 @@ def main(argv=None) -> int:
                                         args.bootstrap, args.seed)
     else:
         multi_label = task == "multi_label"
-        if classifier.multi_label != multi_label:
-            needed = "(positive, negative) prompt pairs per finding" if multi_label else "one prompt list per class"
-            raise SystemExit(f"--prompts {report['prompt_set']} does not fit {args.dataset}: it needs {needed}")
         probabilities = classifier.probabilities(image_embeds).cpu().numpy()
         evaluate = evaluate_multi_label if multi_label else evaluate_single_label
         labels = list(rows["labels"] if multi_label else rows["label"])
@@ -191,8 +252,10 @@ def main(argv=None) -> int:
                 truth = np.array([name in row for row in labels] if multi_label else [row == name for row in labels])
                 curves[name] = (truth, probabilities[:, column])
 
+    report = json.loads(json.dumps(report, default=_json_default, allow_nan=False))  # NaN would fail here, unwritten
+    check_report(report, "the evaluation report")
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    (output_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (output_dir / "report.md").write_text(markdown_report(report))
     write_plots(report, curves, output_dir)
     print(markdown_report(report))
