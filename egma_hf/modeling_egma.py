@@ -342,6 +342,8 @@ class EGMAModel(EGMAPreTrainedModel):
             raise ValueError("pixel_values is required (a float tensor of shape (batch, 3, height, width))")
         if pixel_values.ndim != 4 or pixel_values.shape[0] == 0 or pixel_values.shape[-1] == 0:
             raise ValueError(f"pixel_values must have shape (batch>0, channels, height, width), got {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be a float tensor (the image processor's output), got {pixel_values.dtype}")
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         patches, grid, self._no_patch_grid_reason = self._patch_tokens(outputs.last_hidden_state)
         pooled = outputs.pooler_output
@@ -395,10 +397,22 @@ class EGMAModel(EGMAPreTrainedModel):
             if tensor is not None and tensor.shape != input_ids.shape:
                 raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
 
+        if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+
         sentence_mask = attention_mask.bool().any(-1)  # (T, M)
-        empty = (~sentence_mask.any(-1)).nonzero().flatten().tolist()
-        if empty:
+        no_sentence = ~sentence_mask.any(-1)
+        # One read back to the host for all three checks.
+        any_empty, lowest, highest = torch.stack([no_sentence.any().long(), input_ids.min(), input_ids.max()]).tolist()
+        if any_empty:
+            empty = no_sentence.nonzero().flatten().tolist()
             raise ValueError(f"text(s) {empty} have no sentence: their attention_mask is all zero (empty report?)")
+        vocab_size = self.config.text_config.vocab_size
+        if lowest < 0 or highest >= vocab_size:
+            raise ValueError(
+                f"input_ids hold token ids in [{lowest}, {highest}], outside the text tower's vocabulary of "
+                f"{vocab_size} (was the text tokenised with this model's tokenizer?)"
+            )
         return _Sentences(input_ids, attention_mask, token_type_ids, sentence_mask, sentence_mask.nonzero(as_tuple=True))
 
     def _encode_sentences(

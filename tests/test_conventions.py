@@ -186,3 +186,18 @@ def test_from_pretrained_still_reports_loading_info(model, tmp_path):
     assert torch.equal(loaded.logit_scale, model.logit_scale)
     classifier, info = EGMAForImageClassification.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+
+
+def test_token_ids_outside_the_vocabulary_are_named(model, processor):
+    batch = make_batch(processor)
+    batch["input_ids"][0, 0, 1] = TINY_BERT["vocab_size"] + 3
+    with pytest.raises(ValueError, match=r"token ids in \[0, 47\], outside the text tower.s vocabulary of 44"):
+        model(**batch)
+
+
+def test_wrong_dtypes_are_named(model, processor):
+    batch = make_batch(processor)
+    with pytest.raises(TypeError, match="input_ids must hold integer token ids, got dtype torch.float32"):
+        model.get_text_features(batch["input_ids"].float(), batch["attention_mask"])
+    with pytest.raises(TypeError, match="pixel_values must be a float tensor"):
+        model.get_image_features(pixel_values=(batch["pixel_values"] * 255).to(torch.uint8))
