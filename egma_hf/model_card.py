@@ -33,9 +33,9 @@ def _read_json(path: Path):
     return value
 
 
-def check_repo_id(repo_id) -> str:
-    """A Hub model id "namespace/name" (the card's usage snippets need the namespace); ValueError otherwise."""
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+def check_repo_id(repo_id, namespace: bool = True) -> str:
+    """A Hub model id, "namespace/name" when `namespace` (pushing needs one); ValueError otherwise."""
+    if not isinstance(repo_id, str) or (namespace and repo_id.count("/") != 1):
         raise ValueError(f"repo_id must be 'user/name' or 'org/name', got {repo_id!r}")
     try:
         validate_repo_id(repo_id)
@@ -72,7 +72,7 @@ def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, li
     """Fill the template for the model saved in `model_dir`.
 
     Args:
-        repo_id: where it will live ("user/name"), used in the usage snippets.
+        repo_id: where it will live ("user/name", or a bare name for a local run), used in the usage snippets.
         reports: evaluation report dicts (examples/evaluate.py JSON); without any, the pre-training run's held-out
             zero-shot AUROC is used when `eval_results.json` has it.
         datasets: Hub dataset ids or names for the metadata; default: the training data named in
@@ -81,7 +81,7 @@ def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, li
     from . import __version__
 
     model_dir = Path(model_dir)
-    check_repo_id(repo_id)
+    check_repo_id(repo_id, namespace=False)  # a card written beside a local run names the folder
     template_path = Path(template_path) if template_path else DEFAULT_TEMPLATE
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=, e.g. the "

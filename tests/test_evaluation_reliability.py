@@ -29,7 +29,7 @@ from egma_hf.metrics import (
     roc_auc,
     roc_curve,
 )
-from egma_hf.model_card import build_model_card
+from egma_hf.model_card import build_model_card, check_repo_id
 from egma_hf.pipeline_egma import TASK
 from egma_hf.reporting import check_report, load_report, markdown_report, metric_rows, results_table
 from egma_hf.visualization import plot_confusion_matrix
@@ -572,9 +572,12 @@ def test_reports_with_nan_are_refused_and_tables_tolerate_a_null_mean():
 def test_model_card_names_the_broken_file_or_argument(tmp_path, model_dir, bert_dir):
     with pytest.raises(ValueError, match="model_dir: .*is not an EGMA config"):
         build_model_card(bert_dir, "user/egma")
-    for repo_id in ("no-namespace", "a/b/c", "user/bad name", "user/x..y"):
+    for repo_id in ("a/b/c", "user/bad name", "user/x..y", "bad name"):
         with pytest.raises(ValueError, match="repo_id"):
             build_model_card(model_dir, repo_id)
+    assert "egma-pretrain" in str(build_model_card(model_dir, "egma-pretrain"))  # a local run's card: a bare name
+    with pytest.raises(ValueError, match="repo_id must be 'user/name'"):
+        check_repo_id("no-namespace")  # pushing needs a namespace
     (model_dir / "training_config.json").write_text("{")
     with pytest.raises(ValueError, match=r"training_config.json is not valid JSON"):
         build_model_card(model_dir, "user/egma")

@@ -1,6 +1,8 @@
 """From dataset rows to training batches: gaze-fraction subsets (the paper's ablation) and the collator."""
 
 import math
+import numbers
+from collections.abc import Mapping
 
 import datasets
 import numpy as np
@@ -8,18 +10,40 @@ import torch
 
 from .images import load_image
 
+PREPARED_COLUMNS = ("pixel_values", "gaze_grid", "sentences", "has_gaze")
+RAW_COLUMNS = ("image", "sentences", "has_gaze")  # and `sentence_heatmaps` where `has_gaze` is set
+
+
+def _check_dataset(dataset, columns, argument: str = "dataset") -> None:
+    """TypeError unless `dataset` is a `datasets.Dataset`; ValueError naming the missing columns or an empty one."""
+    if not isinstance(dataset, datasets.Dataset):
+        hint = " (pick one split, e.g. dataset['train'])" if isinstance(dataset, datasets.DatasetDict) else ""
+        raise TypeError(f"{argument} must be a datasets.Dataset, got {type(dataset).__name__}{hint}")
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{argument} lacks the column(s) {missing}; found {dataset.column_names}")
+    if len(dataset) == 0:
+        raise ValueError(f"{argument} is empty (0 rows)")
+
 
 def with_gaze_fraction(dataset: datasets.Dataset, fraction: float, seed: int = 0, split: str = "train") -> datasets.Dataset:
     """Keep gaze on a seeded random `fraction` of the `split` rows that have it; the others get `has_gaze=False`.
 
     The kept rows are the first `floor(fraction * n + 0.5)` of one seeded permutation (the paper's 1% of 3,695 is
     37), so for a given seed a smaller fraction's rows are always inside a larger fraction's. Rows of other splits
-    are unchanged; heatmaps stay in the data either way.
+    are unchanged; heatmaps stay in the data either way. Errors name the argument: a fraction outside [0, 1] (or
+    NaN), a negative or non-integer seed, a split with no rows, a dataset without `split` / `has_gaze`.
     """
-    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
-        raise ValueError(f"gaze fraction must be in [0, 1], got {fraction!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction (the gaze fraction) must be a number in [0, 1], got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    _check_dataset(dataset, ["split", "has_gaze"])
+    splits = list(dataset["split"])
+    if split not in splits:
+        raise ValueError(f"split {split!r} has no rows in dataset; its splits are {sorted(set(map(str, splits)))}")
     has_gaze = list(dataset["has_gaze"])
-    eligible = [i for i, (row_split, gaze) in enumerate(zip(dataset["split"], has_gaze)) if row_split == split and gaze]
+    eligible = [i for i, (row_split, gaze) in enumerate(zip(splits, has_gaze)) if row_split == split and gaze]
     order = np.random.default_rng(seed).permutation(len(eligible))
     kept = {eligible[i] for i in order[: math.floor(fraction * len(eligible) + 0.5)]}
     for index in eligible:
@@ -34,6 +58,13 @@ def prepare_for_training(dataset: datasets.Dataset, image_processor, num_proc: i
     (sentences, g, g) float32, so training batches need no image decoding, and drops the full-size heatmaps that
     `gaze_grid` replaces. `datasets` caches the result.
     """
+    if not all(hasattr(image_processor, name) for name in ("prepare_images", "preprocess_gaze", "gaze_grid_size")):
+        hint = " (pass processor.image_processor)" if hasattr(image_processor, "image_processor") else ""
+        raise TypeError(f"image_processor must be an EGMAImageProcessor, got {type(image_processor).__name__}{hint}")
+    _check_dataset(dataset, ["image", "sentence_heatmaps", "reading_heatmap"])
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, numbers.Integral)
+                                 or num_proc < 1):
+        raise ValueError(f"num_proc must be None or an integer >= 1, got {num_proc!r}")
 
     def prepare(rows):
         pixels, sizes = image_processor.prepare_images([load_image(path) for path in rows["image"]])
@@ -57,17 +88,45 @@ class EGMADataCollator:
 
     Images are read from the `image` paths (DICOM included), the `sentences` are used as they are, and each
     row's `sentence_heatmaps` go through the processor's image geometry when `has_gaze` is set. Rows that went
-    through `prepare_for_training` skip all of that and are only stacked and padded.
+    through `prepare_for_training` skip all of that and are only stacked and padded. An empty batch, a row that
+    is not a mapping, lacks a column, or a mix of prepared and unprepared rows is a ValueError naming the row.
     """
 
     def __init__(self, processor, max_length: int = 77, image_loader=load_image):
+        if not callable(processor):
+            raise TypeError(f"processor must be an EGMAProcessor, got {type(processor).__name__}")
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
+            raise ValueError(f"max_length must be an integer >= 1 (tokens per sentence), got {max_length!r}")
+        if not callable(image_loader):
+            raise TypeError(f"image_loader must be a function of an image path, got {type(image_loader).__name__}")
         self.processor = processor
         self.max_length = max_length
         self.image_loader = image_loader
 
+    @staticmethod
+    def _check_rows(rows) -> bool:
+        """Whether the rows are prepared ones; ValueError naming the first row that does not fit."""
+        if not isinstance(rows, (list, tuple)) or not rows:
+            raise ValueError(f"EGMADataCollator needs a non-empty list of rows, got {rows!r:.80}")
+        if not all(isinstance(row, Mapping) for row in rows):
+            index = next(i for i, row in enumerate(rows) if not isinstance(row, Mapping))
+            raise ValueError(f"rows[{index}] must be a dataset row (a mapping), got {type(rows[index]).__name__}")
+        prepared = "pixel_values" in rows[0]
+        needed = PREPARED_COLUMNS if prepared else RAW_COLUMNS
+        for index, row in enumerate(rows):
+            missing = [column for column in needed if column not in row]
+            if not prepared and row.get("has_gaze") and "sentence_heatmaps" not in row:
+                missing.append("sentence_heatmaps")
+            if missing or ("pixel_values" in row) != prepared:
+                kind = "prepared (prepare_for_training)" if prepared else "unprepared"
+                raise ValueError(f"rows[{index}] lacks the column(s) {missing} of a {kind} row like rows[0], or mixes "
+                                 f"prepared and unprepared rows; its columns are {sorted(row)}")
+        return prepared
+
     def __call__(self, rows: list[dict]):
+        prepared = self._check_rows(rows)
         sentences = [list(row["sentences"]) for row in rows]
-        if "pixel_values" in rows[0]:  # prepared by `prepare_for_training`: no decoding, no resizing
+        if prepared:  # prepared by `prepare_for_training`: no decoding, no resizing
             batch = self.processor(text=sentences, max_length=self.max_length)
             pixels = torch.stack([torch.as_tensor(np.asarray(row["pixel_values"])) for row in rows]).float()
             batch["pixel_values"] = pixels[:, None].expand(-1, 3, -1, -1).contiguous()

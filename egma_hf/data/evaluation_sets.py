@@ -21,7 +21,11 @@ and `split` ("train" / "validate" / "test"):
 
 Splits are computed on every id in the label file before images are looked up, so an image's split does not depend
 on which other images are on disk. Nothing is dropped silently: rows that cannot be used are counted by reason,
-logged as one line (logger `egma_hf.data`) and kept in `dataset.info.description`.
+logged as one line (logger `egma_hf.data`) and kept in `dataset.info.description`. Repeated rows are kept once and
+counted, an id with contradictory rows (an RSNA patient with Target 0 and 1, a SIIM image with "-1" and a mask) is
+a counted skip, and a listed path that would lead outside the images folder (`..`, an absolute path elsewhere, a
+symbolic link pointing outside) is a counted skip whose file is never opened. A cell outside the format's encoding
+is an error naming the file, line and column.
 
 `EVALUATION_SETS` maps a set name to its loader, class names and default built-in prompt set (a name that
 `egma_hf.zero_shot` resolves). `make_synthetic_evaluation_sets` writes small trees in all these formats, with images drawn by
@@ -31,6 +35,7 @@ the synthetic MIMIC-EYE corpus's chest X-ray drawer.
 import itertools
 import logging
 import math
+import numbers
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -43,6 +48,7 @@ import pandas as pd
 from PIL import Image
 
 from ..prompts import CHEXPERT_8X200_QUERIES
+from .readers import ListedPathError, check_columns, read_csv_file, resolve_inside
 from .synthetic import Finding, _draw, _lung, _mask_box, _sample_anatomy, _sign
 
 logger = logging.getLogger("egma_hf.data")
@@ -138,22 +144,33 @@ def _to_dataset(rows: list[dict], skips: _Skips, name: str, source, features: da
 
 
 def _read_table(path, required: Iterable[str], what: str) -> pd.DataFrame:
-    """A CSV as text cells; header names stripped (SIIM's header is "ImageId, EncodedPixels")."""
+    """A CSV as text cells; header names stripped (SIIM's header is "ImageId, EncodedPixels"). Errors name the
+    file: missing, empty, not parseable as CSV, or without a required column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing file: {path} (expected {what})")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv_file(path, dtype=str, keep_default_na=False)
     frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} for {what}; found {list(frame.columns)}")
+    check_columns(frame, list(required), path, what)
     return frame
 
 
 def _folder(path: Path, what: str) -> Path:
+    if path.is_file():
+        raise NotADirectoryError(f"{path} is a file, not a folder (expected {what})")
     if not path.is_dir():
         raise FileNotFoundError(f"missing folder: {path} (expected {what})")
     return path.absolute()
+
+
+def _root(root) -> Path:
+    """The `root` argument as a Path; an error naming it if it is not a path or is a file."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path, got {type(root).__name__}")
+    root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"root must be a folder, but {root} is a file")
+    return root
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,6 +204,10 @@ class _ImageFinder:
     (GLoRIA) and `./data/CheXpert/data/CheXpert-v1.0-small/train/...` (MedCLIP) all resolve under the folder that
     holds `train/` and `valid/` or any folder above it. At least `keep` trailing parts are kept, so two patients'
     `study1/view1_frontal.jpg` are never confused.
+
+    Only files under `root` are ever returned: a listed path holding `..`, an absolute path outside `root` whose
+    trailing parts are not under it either, and a file that is a link leading outside `root` raise
+    `ListedPathError`.
     """
 
     def __init__(self, root, keep: int = 4):
@@ -196,9 +217,19 @@ class _ImageFinder:
 
     def __call__(self, listed: str) -> Path | None:
         listed = listed.strip().replace("\\", "/")
-        if os.path.isabs(listed) and Path(listed).is_file():
-            return Path(listed)
-        parts = [part for part in PurePosixPath(listed).parts if part not in ("/", ".", "..")]
+        posix = PurePosixPath(listed)
+        if ".." in posix.parts:
+            raise ListedPathError(f"listed path {listed!r} holds '..'")
+        outside = False
+        if posix.is_absolute():
+            try:
+                inside = resolve_inside(self.root, listed)
+            except ListedPathError:
+                outside = True  # written on another machine, perhaps: try its trailing parts under root
+            else:
+                if inside.is_file():
+                    return inside
+        parts = [part for part in posix.parts if part not in ("/", ".")]
         if not parts:
             return None
         drops = range(max(len(parts) - self.keep, 0) + 1)
@@ -206,7 +237,10 @@ class _ImageFinder:
             candidate = self.root.joinpath(*parts[drop:])
             if candidate.is_file():
                 self.dropped = drop
-                return candidate
+                return resolve_inside(self.root, PurePosixPath(*parts[drop:]), "listed image")
+        if outside:
+            raise ListedPathError(f"absolute path {listed!r} is outside {self.root}, and its last parts are not "
+                                  "under it")
         return None
 
 
@@ -217,16 +251,24 @@ def _chexpert_id(listed: str) -> str:
 
 
 def _listed_images(paths: pd.Series, positions, images_root, skips: "_Skips"):
-    """Yield (position, image id, image path) for the CSV rows at `positions`, skipping (and counting) repeated
-    images and images missing on disk."""
+    """Yield (position, image id, image path) for the CSV rows at `positions`, skipping (and counting) blank paths,
+    repeated images, paths leading outside `images_root` and images missing on disk."""
     find, seen = _ImageFinder(images_root), set()
     for position in positions:
         listed = paths.iat[position]
+        line = int(paths.index[position]) + 2
+        if not listed.strip():
+            skips.add("rows with a blank image path", example=f"line {line}")
+            continue
         image_id = _chexpert_id(listed)
         if image_id in seen:
             skips.add("duplicate rows", example=listed)
             continue
-        image = find(listed)
+        try:
+            image = find(listed)
+        except ListedPathError as error:
+            skips.add("listed paths leading outside the images root (not read)", example=f"line {line}: {error}")
+            continue
         if image is None:
             skips.add("listed images missing on disk", example=listed)
             continue
@@ -305,6 +347,8 @@ def load_chexpert(
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ValueError("tasks is empty")
+    if not all(isinstance(task, str) for task in tasks) or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must be distinct label column names, got {tasks!r}")
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     split = split or CHEXPERT_SPLIT_OF_FILE.get(Path(csv_path).name)
@@ -318,7 +362,13 @@ def load_chexpert(
     path_column = _path_column(frame, csv_path, what)
     skips = _Skips()
     if frontal_only:
-        lateral = frame["Frontal/Lateral"].str.strip() != "Frontal"
+        views = frame["Frontal/Lateral"].str.strip()
+        unknown = ~views.isin(["Frontal", "Lateral"])
+        if unknown.any():
+            line = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise ValueError(f"{csv_path}: line {line + 2}, column 'Frontal/Lateral' holds {views.iat[line]!r}; "
+                             "expected Frontal or Lateral")
+        lateral = views != "Frontal"
         skips.leave_out("non-frontal views (frontal_only=True)", int(lateral.sum()))
         frame = frame[~lateral]
     values = _label_values(frame, tasks, csv_path)
@@ -374,11 +424,12 @@ def load_rsna_pneumonia(
         images_dir: folder of `<patientId>.dcm` (a `.png` / `.jpg` of the same name is used if there is no DICOM);
             relative to `root` unless absolute.
 
-    A patient is Pneumonia if any of its rows has Target=1 (MGCA's rule); "Normal" is every Target=0 patient,
-    including the detailed class "No Lung Opacity / Not Normal". Splits are MGCA's (70/15/15 by patient, see
-    `_mgca_split`). Extra column `boxes`: [x, y, width, height] per box, in image pixels.
+    A patient is Pneumonia if its rows have Target=1 (one row per box), "Normal" if its row has Target=0,
+    including the detailed class "No Lung Opacity / Not Normal"; a patient with both is a counted skip, and repeated
+    rows are kept once. Splits are MGCA's (70/15/15 by patient, see `_mgca_split`, over every patient listed).
+    Extra column `boxes`: [x, y, width, height] per box, in image pixels (finite, width and height > 0).
     """
-    root = Path(root)
+    root = _root(root)
     csv_path = root / labels_csv
     frame = _read_table(csv_path, ["patientId", "x", "y", "width", "height", "Target"],
                         "RSNA labels (patientId, x, y, width, height, Target)")
@@ -389,26 +440,43 @@ def load_rsna_pneumonia(
         line = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"{csv_path}: line {line + 2} has patientId {ids.iat[line]!r} and Target "
                          f"{frame['Target'].iat[line]!r}; expected a patientId and Target 0 or 1")
+    skips = _Skips()
+    repeated = frame[["patientId", "x", "y", "width", "height", "Target"]].apply(lambda c: c.str.strip()).duplicated()
+    skips.add("repeated label rows dropped", int(repeated.sum()),
+              f"line {int(np.flatnonzero(repeated.to_numpy())[0]) + 2}" if repeated.any() else None)
     boxes: dict[str, list] = {patient: [] for patient in ids}
-    positive = set()
-    for line in np.flatnonzero((target == 1).to_numpy()):
+    targets_of: dict[str, set] = {patient: set() for patient in ids}
+    for line in np.flatnonzero(~repeated.to_numpy()):
         patient = ids.iat[line]
-        positive.add(patient)
+        targets_of[patient].add(int(target.iat[line]))
+        if target.iat[line] != 1:
+            continue
         try:
-            boxes[patient].append([float(frame[c].iat[line]) for c in ("x", "y", "width", "height")])
+            box = [float(frame[c].iat[line]) for c in ("x", "y", "width", "height")]
         except ValueError:
             raise ValueError(f"{csv_path}: line {line + 2} has Target=1 but no numeric x, y, width, height") from None
+        if not (all(math.isfinite(value) for value in box) and box[2] > 0 and box[3] > 0):
+            raise ValueError(f"{csv_path}: line {line + 2} has the box x, y, width, height = {box}; expected finite "
+                             "numbers with width and height > 0")
+        boxes[patient].append(box)
+    conflicting = sorted(patient for patient, targets in targets_of.items() if len(targets) > 1)
+    skips.add("patients with both Target 0 and Target 1 rows skipped", len(conflicting),
+              conflicting[0] if conflicting else None)
     split_of = _mgca_split(list(boxes))
     images = _folder(root / images_dir, "RSNA images <patientId>.dcm")
-    skips = _Skips()
     rows = []
-    for patient in sorted(boxes):
-        image = next((images / f"{patient}{suffix}" for suffix in (".dcm", ".png", ".jpg")
-                      if (images / f"{patient}{suffix}").is_file()), None)
+    for patient in sorted(set(boxes) - set(conflicting)):
+        try:
+            candidates = [resolve_inside(images, f"{patient}{suffix}", "patientId")
+                          for suffix in (".dcm", ".png", ".jpg")]
+        except ListedPathError as error:
+            skips.add("patientIds leading outside the images folder (not read)", example=str(error))
+            continue
+        image = next((candidate for candidate in candidates if candidate.is_file()), None)
         if image is None:
             skips.add("listed images missing on disk", example=f"{patient}.dcm")
             continue
-        label = RSNA_CLASSES[patient in positive]
+        label = RSNA_CLASSES[1 in targets_of[patient]]
         rows.append(dict(id=patient, image=str(image), label=label, labels=[label], split=split_of[patient],
                          boxes=boxes[patient]))
     return _to_dataset(rows, skips, "RSNA Pneumonia", csv_path, RSNA_FEATURES)
@@ -471,29 +539,45 @@ def load_siim_acr(
         seed: the split's seed.
 
     Extra column `mask_rles`: the image's RLE masks as in the file. Unlike MGCA (whose split runs over the CSV's rows,
-    so one image's masks can land in different splits), images with several masks are one row.
+    so one image's masks can land in different splits), images with several masks are one row. Repeated rows are
+    kept once; an image listed both with "-1" and with a mask, or found as two DICOM files, is a counted skip.
     """
-    root = Path(root)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    root = _root(root)
     csv_path = root / labels_csv
     frame = _read_table(csv_path, ["ImageId", "EncodedPixels"], "SIIM labels (ImageId, EncodedPixels)")
     ids, encoded = frame["ImageId"].str.strip(), frame["EncodedPixels"].str.strip()
     masks: dict[str, list[str]] = {image_id: [] for image_id in ids}
+    listed_empty, rows_seen, repeated = set(), set(), []
     for line, (image_id, rle) in enumerate(zip(ids, encoded)):
-        numbers = rle.split()
-        valid_rle = len(numbers) >= 2 and len(numbers) % 2 == 0 and all(n.isdigit() for n in numbers)
+        runs = rle.split()
+        valid_rle = len(runs) >= 2 and len(runs) % 2 == 0 and all(n.isdigit() for n in runs)
         if not image_id or (rle != "-1" and not valid_rle):
             raise ValueError(f"{csv_path}: line {line + 2} has ImageId {image_id!r} and EncodedPixels {rle[:40]!r}; "
                              "expected an ImageId and -1 or run-length pairs")
-        if rle != "-1":
+        if (image_id, rle) in rows_seen:
+            repeated.append(line + 2)
+            continue
+        rows_seen.add((image_id, rle))
+        if rle == "-1":
+            listed_empty.add(image_id)
+        else:
             masks[image_id].append(rle)
+    skips = _Skips()
+    skips.add("repeated label rows dropped", len(repeated), f"line {repeated[0]}" if repeated else None)
+    conflicting = sorted(image_id for image_id in listed_empty if masks[image_id])
+    skips.add("images listed with both -1 and a mask skipped", len(conflicting),
+              conflicting[0] if conflicting else None)
+    for image_id in conflicting:
+        del masks[image_id]
     image_ids = sorted(masks)
     labels = [SIIM_CLASSES[bool(masks[i])] for i in image_ids]
-    skips = _Skips()
     if test_ids is None:
         split_of = _stratified_split(image_ids, labels, {"train": 0.70, "validate": 0.15, "test": 0.15}, seed)
     else:
         wanted = set(_read_ids(test_ids))
-        unknown = sorted(wanted - set(masks))
+        unknown = sorted(wanted - set(ids))
         skips.add(f"test ids not in {csv_path.name} ignored", len(unknown), unknown[0] if unknown else None)
         if not wanted & set(masks):
             raise ValueError(f"none of the {len(wanted)} test ids is in {csv_path}")
@@ -502,18 +586,26 @@ def load_siim_acr(
                                      seed)
         split_of.update((i, "test") for i in wanted & set(masks))
     images_root = _folder(root / images_dir, "SIIM DICOMs <study>/<series>/<ImageId>.dcm")
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for folder, subfolders, files in os.walk(images_root):
         subfolders.sort()
         for name in sorted(files):
             if name.lower().endswith(".dcm"):
-                found.setdefault(name[:-4], Path(folder) / name)
+                found.setdefault(name[:-4], []).append(Path(folder) / name)
     rows = []
     for image_id, label in zip(image_ids, labels):
         if image_id not in found:
             skips.add("listed images missing on disk", example=f"{image_id}.dcm")
             continue
-        rows.append(dict(id=image_id, image=str(found[image_id]), label=label, labels=[label],
+        if len(found[image_id]) > 1:
+            skips.add("images found as two or more DICOM files skipped", example=f"{image_id}.dcm")
+            continue
+        try:
+            image = resolve_inside(images_root, found[image_id][0].relative_to(images_root), "DICOM file")
+        except ListedPathError as error:
+            skips.add("image files linking outside the images folder (not read)", example=str(error))
+            continue
+        rows.append(dict(id=image_id, image=str(image), label=label, labels=[label],
                          split=split_of[image_id], mask_rles=masks[image_id]))
     return _to_dataset(rows, skips, "SIIM-ACR Pneumothorax", csv_path, SIIM_FEATURES)
 

@@ -16,12 +16,39 @@ A number instead of a name is a fixed sigma in pixels (e.g. for images far small
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 RECIPE_SIGMAS = {"egma": 500 / 6, "egd": 150.0, "reflacx": None}  # None: per-fixation 1 degree of visual angle
 SENTENCE_END = (".", "!", "?")
+
+
+def recipe_sigma(recipe, argument: str = "recipe") -> float | None:
+    """A heatmap recipe -> its fixed sigma in pixels (None for "reflacx": per fixation); ValueError naming
+    `argument` for anything else (an unknown name, NaN, inf, zero or a negative sigma, a bool)."""
+    if isinstance(recipe, str):
+        if recipe in RECIPE_SIGMAS:
+            return RECIPE_SIGMAS[recipe]
+    elif isinstance(recipe, numbers.Real) and not isinstance(recipe, bool):
+        if not (math.isfinite(recipe) and recipe > 0):
+            raise ValueError(f"{argument}: a numeric recipe is a Gaussian sigma in pixels and must be > 0 and finite, "
+                             f"got {recipe}")
+        return float(recipe)
+    raise ValueError(f"{argument} must be one of {sorted(RECIPE_SIGMAS)} or a sigma in pixels, got {recipe!r}")
+
+
+def _check_size(value, argument: str) -> tuple[int, int]:
+    """An (height, width) pair of positive integers, or ValueError naming `argument`."""
+    try:
+        height, width = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{argument} must be a (height, width) pair, got {value!r}") from None
+    for side in (height, width):
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1:
+            raise ValueError(f"{argument} must be two integers >= 1, got {value!r}")
+    return int(height), int(width)
 
 
 @dataclass
@@ -62,13 +89,23 @@ def group_words_into_sentences(words: list[str], starts, ends) -> list[Sentence]
 
     A word ending in ".", "!" or "?" closes a sentence; punctuation-only words (REFLACX writes "." and "," as
     rows of their own) attach to the previous word. Words after the last full stop form a final sentence.
-    Raises ValueError if a word ends before it starts.
+    Raises ValueError if the three lists differ in length, a timestamp is not a finite number, or a word ends
+    before it starts.
     """
+    words, starts, ends = list(words), list(starts), list(ends)
+    if not len(words) == len(starts) == len(ends):
+        raise ValueError(f"words, starts and ends differ in length ({len(words)}, {len(starts)}, {len(ends)})")
     sentences, tokens, window = [], [], None
     for index, (word, start, end) in enumerate(zip(words, starts, ends)):
         word = str(word).strip()
         if not word:
             continue
+        try:
+            start, end = float(start), float(end)
+        except (TypeError, ValueError):
+            raise ValueError(f"word {index} ({word!r}) has non-numeric timestamps {start!r}, {end!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"word {index} ({word!r}) has a non-finite timestamp (start {start}, end {end})")
         if not end >= start:
             raise ValueError(f"word {index} ({word!r}) ends at {end} s before it starts at {start} s")
         if any(char.isalnum() for char in word):
@@ -86,7 +123,9 @@ def group_words_into_sentences(words: list[str], starts, ends) -> list[Sentence]
 
 def heatmap_shape(image_size: tuple[int, int], longest_side: int) -> tuple[int, int]:
     """(H, W) of an image -> (h, w) of its heatmaps: longer side `longest_side`, aspect ratio kept."""
-    height, width = image_size
+    height, width = _check_size(image_size, "image_size")
+    if isinstance(longest_side, bool) or not isinstance(longest_side, numbers.Integral) or longest_side < 1:
+        raise ValueError(f"longest_side must be an integer >= 1, got {longest_side!r}")
     scale = longest_side / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
@@ -116,28 +155,42 @@ def render_heatmaps(
         out_shape: (h, w) of the maps, normally `heatmap_shape(image_size, longest_side)`.
         recipe: "egma", "reflacx" or "egd" (module docstring), or a fixed sigma in image pixels.
         gaze_lead: seconds by which gaze precedes speech; each window is shifted that much earlier.
+
+    Raises ValueError for a non-finite fixation value (position, time, or the "reflacx" recipe's pixels per
+    degree), a fixation or window that ends before it starts, a NaN window bound or a non-finite `gaze_lead`,
+    so no input gives a NaN map.
     """
-    if isinstance(recipe, (int, float)) and not isinstance(recipe, bool):
-        if not (math.isfinite(recipe) and recipe > 0):
-            raise ValueError(f"a numeric recipe is a Gaussian sigma in pixels and must be > 0, got {recipe}")
-        sigma = float(recipe)
-    elif recipe in RECIPE_SIGMAS:
-        sigma = RECIPE_SIGMAS[recipe]
-    else:
-        raise ValueError(f"recipe must be one of {sorted(RECIPE_SIGMAS)} or a sigma in pixels, got {recipe!r}")
-    height, width = image_size
-    out_h, out_w = out_shape
-    maps = np.zeros((len(windows), out_h, out_w), np.float32)
-    if len(fixations) == 0 or len(windows) == 0:
+    sigma = recipe_sigma(recipe)
+    height, width = _check_size(image_size, "image_size")
+    out_h, out_w = _check_size(out_shape, "out_shape")
+    if isinstance(gaze_lead, bool) or not isinstance(gaze_lead, numbers.Real) or not math.isfinite(gaze_lead):
+        raise ValueError(f"gaze_lead must be a finite number of seconds, got {gaze_lead!r}")
+    bounds = np.asarray(windows, np.float64).reshape(-1, 2) - gaze_lead  # (S, 2); inf bounds stay inf
+    if np.isnan(bounds).any() or (bounds[:, 1] < bounds[:, 0]).any():
+        index = int(np.flatnonzero(np.isnan(bounds).any(axis=1) | (bounds[:, 1] < bounds[:, 0]))[0])
+        raise ValueError(f"windows[{index}] = {tuple(windows[index])} is not a (start, end) pair with start <= end")
+    maps = np.zeros((len(bounds), out_h, out_w), np.float32)
+    if len(fixations) == 0 or len(bounds) == 0:
         return maps
     if sigma is None:
         if fixations.sigma_x is None or fixations.sigma_y is None:
             raise ValueError("the 'reflacx' recipe needs per-fixation pixels per degree (sigma_x, sigma_y)")
         sigma_x, sigma_y = fixations.sigma_x.astype(np.float64), fixations.sigma_y.astype(np.float64)
+        for name, values in (("sigma_x", sigma_x), ("sigma_y", sigma_y)):
+            bad = ~(np.isfinite(values) & (values > 0))
+            if bad.any():
+                raise ValueError(f"fixation {int(np.flatnonzero(bad)[0])}: {name} (pixels per degree) must be "
+                                 f"finite and > 0, got {values[bad][0]}")
     else:
         sigma_x = sigma_y = np.full(len(fixations), sigma, np.float64)
-
-    bounds = np.asarray(windows, np.float64) - gaze_lead  # (S, 2)
+    for name in ("x", "y", "start", "end"):
+        values = np.asarray(getattr(fixations, name), np.float64)
+        if len(values) != len(fixations) or not np.isfinite(values).all():
+            raise ValueError(f"fixations.{name} must hold {len(fixations)} finite numbers; "
+                             f"got {len(values)} values, {int((~np.isfinite(values)).sum())} of them non-finite")
+    backwards = fixations.end < fixations.start
+    if backwards.any():
+        raise ValueError(f"fixation {int(np.flatnonzero(backwards)[0])} ends before it starts")
     overlap = np.minimum(fixations.end[None, :], bounds[:, 1:]) - np.maximum(fixations.start[None, :], bounds[:, :1])
     weights = np.clip(overlap, 0.0, None)  # (S, F) seconds of each fixation inside each window
     # centres of the map's pixels in image pixel indices (image pixel j is centred on j)

@@ -13,12 +13,19 @@ Every reader yields one row per reading (one radiologist dictating one image) wi
 - `has_gaze`, `num_fixations`, `labels` (names of positive CheXpert-style findings, where the source has them)
 
 Nothing is dropped silently: fixations and readings that cannot be used are counted by reason, and the counts are
-logged as one summary line per load (logger `egma_hf.data`) and kept in `dataset.info.description`.
+logged as one summary line per load (logger `egma_hf.data`) and kept in `dataset.info.description`. A reading
+listed twice is kept once and counted; a path or id in a data file that would lead outside its folder (`../`, an
+absolute path, a symbolic link pointing elsewhere) is a counted skip and is never opened. A file that cannot be
+what the format says (a label cell outside the format's encoding, an image in two splits, a CSV that does not
+parse) is an error naming the file, the row and the column.
 """
 
+import gzip
 import json
 import logging
 import math
+import numbers
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +35,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
+from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, recipe_sigma, render_heatmaps
 from .images import image_size_of
 
 logger = logging.getLogger("egma_hf.data")
@@ -66,46 +73,207 @@ REFLACX_LABELS_NOT_FINDINGS = {
     "id", "split", "eye_tracking_data_discarded", "image", "dicom_id", "subject_id", "image_size_x", "image_size_y",
     "Other", "Quality issue",
 }
+REFLACX_METADATA_COLUMNS = ["id", "split", "eye_tracking_data_discarded", "image", "dicom_id", "subject_id"]
+MIMIC_SPLITS = ("train", "validate", "test")  # MIMIC-CXR's split names
+MAX_HEATMAP_SIZE = 4096
+CHEXPERT_CELLS = "expected 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned)"
+REFLACX_CELLS = "expected a certainty 0-5, True / False (a finding without certainty) or blank"
+REFLACX_READING_FILES = ("fixations.csv", "timestamps_transcription.csv", "timestamps_transcriptions.csv",
+                         "transcription.txt")
+PATH_ESCAPES = "readings whose listed path or id leads outside its folder skipped"
 
 
 @dataclass
 class HeatmapSettings:
     """How sentence heatmaps are made: recipe ("egma", "reflacx", "egd" or a sigma in pixels), the maps' longer
-    side in pixels, and how many seconds gaze leads speech."""
+    side in pixels (1 to 4096), and how many seconds gaze leads speech (finite; negative: speech leads gaze)."""
 
     recipe: str | float = "egma"
     heatmap_size: int = 64
     gaze_lead: float = 0.0
 
+    def __post_init__(self):
+        recipe_sigma(self.recipe, "HeatmapSettings.recipe")
+        size = self.heatmap_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_HEATMAP_SIZE:
+            raise ValueError(f"HeatmapSettings.heatmap_size (the maps' longer side in pixels) must be an integer in "
+                             f"[1, {MAX_HEATMAP_SIZE}], got {size!r}")
+        lead = self.gaze_lead
+        if isinstance(lead, bool) or not isinstance(lead, numbers.Real) or not math.isfinite(lead):
+            raise ValueError(f"HeatmapSettings.gaze_lead must be a finite number of seconds, got {lead!r}")
+
 
 class SkipLog:
-    """Counts what a load could not use, by reason, and in how many readings."""
+    """Counts what a load could not use, by reason, in how many readings, with up to three examples."""
 
     def __init__(self, source: str):
         self.source = source
         self.counts: Counter = Counter()
         self.readings: dict[str, set] = defaultdict(set)
+        self.examples: dict[str, list[str]] = defaultdict(list)
 
-    def skip(self, reason: str, reading: str, count: int = 1):
+    def skip(self, reason: str, reading: str, count: int = 1, example: str | None = None):
         if count:
             self.counts[reason] += count
             self.readings[reason].add(reading)
+            if example is not None and len(self.examples[reason]) < 3:
+                self.examples[reason].append(example)
 
     def summary(self) -> str:
         if not self.counts:
             return f"{self.source}: nothing skipped"
-        parts = [f"{n} {reason} in {len(self.readings[reason])} readings" for reason, n in sorted(self.counts.items())]
+        parts = []
+        for reason, n in sorted(self.counts.items()):
+            examples = self.examples.get(reason)
+            parts.append(f"{n} {reason} in {len(self.readings[reason])} readings"
+                         + (f" (e.g. {'; '.join(examples)})" if examples else ""))
         return f"{self.source}: " + "; ".join(parts)
 
 
-def _read_csv(path: Path, required: list[str] | None = None, **kwargs) -> pd.DataFrame:
+# ---------------------------------------------------------------------------------------------------------------
+# Checked access to folders, listed paths and CSV files (also used by the evaluation-set readers)
+
+
+class ListedPathError(ValueError):
+    """A path or id read from a data file that would lead outside the folder it must stay in."""
+
+
+def resolve_inside(root, listed, what: str = "listed path") -> Path:
+    """`root / listed` for a path or id read from a data file, once checked to stay inside `root` with `..`, an
+    absolute path and symbolic links resolved. Raises `ListedPathError` (naming `what`) if it leads outside. The
+    file need not exist, and nothing is opened."""
+    root = Path(root)
+    candidate = root / str(listed)
+    try:
+        inside = candidate.resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError) as error:  # a NUL byte, a symlink loop, a name too long
+        raise ListedPathError(f"{what} {str(listed)!r} is not a usable path ({error})") from None
+    if not inside:
+        raise ListedPathError(f"{what} {str(listed)!r} leads outside {root}")
+    return candidate
+
+
+def existing_folder(path, argument: str) -> Path:
+    """`path` as a Path if it is a folder; else an error naming `argument` and the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be a folder path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{argument} must be a folder, but {path} is a file")
+    raise FileNotFoundError(f"{argument}: no such folder: {path}")
+
+
+def check_columns(frame: pd.DataFrame, required, path, what: str | None = None) -> None:
+    """ValueError naming the file and the missing columns (with a hint when the file seems to use another
+    delimiter) unless `frame` has every column in `required`."""
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        found = list(frame.columns)
+        hint = next((f" (is the file delimited by {d!r} instead of ','?)" for d in (";", "\t", "|")
+                     if len(found) == 1 and d in str(found[0])), "")
+        raise ValueError(f"{path}: missing column(s) {missing}{f' for {what}' if what else ''}; found {found}{hint}")
+
+
+def read_csv_file(path, required=(), **kwargs) -> pd.DataFrame:
+    """`pd.read_csv` whose errors name the file: missing, empty, not parseable, or lacking a required column."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing file: {path}")
-    frame = pd.read_csv(path, **kwargs)
-    missing = [column for column in (required or []) if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file (expected a CSV with a header row)") from None
+    except (ValueError, EOFError, gzip.BadGzipFile) as error:  # pandas' ParserError, a bad encoding, a damaged .gz
+        raise ValueError(f"{path}: not a readable CSV file ({type(error).__name__}: {error})") from None
+    check_columns(frame, required, path)
     return frame
+
+
+def _is_blank(cell) -> bool:
+    return cell is None or (isinstance(cell, float) and math.isnan(cell)) or str(cell).strip() == ""
+
+
+def _chexpert_cell(cell) -> float | None:
+    """A CheXpert-style label cell -> 1 / 0 / -1, NaN for blank, None if it is none of these."""
+    if _is_blank(cell):
+        return math.nan
+    try:
+        value = float(str(cell).strip())
+    except ValueError:
+        return None
+    return value if value in (1.0, 0.0, -1.0) else None
+
+
+def _reflacx_cell(cell) -> float | None:
+    """A REFLACX label cell -> its certainty 0-5 (0: not selected), inf for True (a finding without certainty, such
+    as Support devices, counts at any threshold), 0 for False, NaN for blank (not asked in that phase), None if
+    it is none of these."""
+    if _is_blank(cell):
+        return math.nan
+    text = str(cell).strip().lower()
+    if text in ("true", "false"):
+        return math.inf if text == "true" else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value in (0, 1, 2, 3, 4, 5) else None
+
+
+def _label_values(frame: pd.DataFrame, columns: list[str], path, id_column: str, parse, expected: str) -> pd.DataFrame:
+    """Label cells -> floats (NaN for blank); ValueError naming the file, row, id and column of the first cell that
+    `parse` rejects."""
+    values = {}
+    for column in columns:
+        parsed = [parse(cell) for cell in frame[column]]
+        bad = next((i for i, value in enumerate(parsed) if value is None), None)
+        if bad is not None:
+            raise ValueError(f"{path}: data row {bad + 1} ({id_column} {frame[id_column].iat[bad]!r}), column "
+                             f"{column!r} holds {str(frame[column].iat[bad])!r}; {expected}")
+        values[column] = np.asarray(parsed, dtype=float)
+    return pd.DataFrame(values, index=frame.index, columns=list(columns))
+
+
+def _one_value_per_key(keys, values, key: str, value: str, path) -> dict:
+    """{key: value} over the rows; a key listed twice with different values is a ValueError naming the file, the
+    key and both values (never "last row wins")."""
+    mapping = {}
+    for row, (k, v) in enumerate(zip(keys, values)):
+        previous = mapping.setdefault(k, v)
+        if previous != v:
+            raise ValueError(f"{path}: {key} {k!r} is listed with {value} {previous!r} and {v!r} (data row {row + 1});"
+                             f" each {key} must have one {value}")
+    return mapping
+
+
+def _read_split_file(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A MIMIC-CXR split file (`dicom_id`, ..., `split`) as stripped text; blank ids and split names other than
+    train / validate / test are errors naming the row."""
+    frame = read_csv_file(path, columns, dtype=str, keep_default_na=False)
+    frame = frame[columns].apply(lambda column: column.str.strip())
+    for row, (dicom_id, split) in enumerate(zip(frame["dicom_id"], frame["split"])):
+        if not dicom_id or split not in MIMIC_SPLITS:
+            raise ValueError(f"{path}: data row {row + 1} has dicom_id {dicom_id!r} and split {split!r}; expected a "
+                             f"dicom_id and one of {MIMIC_SPLITS}")
+    return frame
+
+
+def _checked_settings(heatmaps) -> "HeatmapSettings":
+    if heatmaps is None:
+        return HeatmapSettings()
+    if not isinstance(heatmaps, HeatmapSettings):
+        raise TypeError(f"heatmaps must be a HeatmapSettings or None, got {type(heatmaps).__name__}")
+    return heatmaps
+
+
+def _checked_certainty(min_certainty) -> int:
+    if (isinstance(min_certainty, bool) or not isinstance(min_certainty, numbers.Integral)
+            or not 1 <= min_certainty <= 5):
+        raise ValueError(f"min_certainty must be an integer in [1, 5] (REFLACX certainties; 0 means not selected), "
+                         f"got {min_certainty!r}")
+    return int(min_certainty)
 
 
 def _numeric(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int]:
@@ -117,8 +285,26 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int
     return frame[good], int((~good).sum())
 
 
+def _usable_fixations(fixations: Fixations, settings: HeatmapSettings, reading: str, skips: SkipLog) -> Fixations:
+    """Drop (and count) fixations with a non-finite position or time, or, for the "reflacx" recipe, without a
+    finite positive pixels-per-degree, so no map is NaN."""
+    usable = np.ones(len(fixations), bool)
+    for values in (fixations.x, fixations.y, fixations.start, fixations.end):
+        usable &= np.isfinite(np.asarray(values, np.float64))
+    if isinstance(settings.recipe, str) and settings.recipe == "reflacx" and fixations.sigma_x is not None:
+        for sigma in (fixations.sigma_x, fixations.sigma_y):
+            sigma = np.asarray(sigma, np.float64)
+            usable &= np.isfinite(sigma) & (sigma > 0)
+    dropped = int((~usable).sum())
+    if not dropped:
+        return fixations
+    skips.skip("fixations with a non-finite value (or non-positive pixels per degree) dropped", reading, dropped)
+    return fixations.select(usable)
+
+
 def _build_row(
     *,
+    skips: SkipLog,
     reading_id: str,
     source: str,
     subject_id,
@@ -134,6 +320,10 @@ def _build_row(
     labels: list[str],
     settings: HeatmapSettings,
 ) -> dict:
+    if isinstance(settings.recipe, str) and settings.recipe == "reflacx" and fixations.sigma_x is None:
+        raise ValueError(f"HeatmapSettings(recipe='reflacx') needs REFLACX's pixels per degree, which {source} reading "
+                         f"{reading_id} does not have; use 'egma', 'egd' or a sigma in pixels")
+    fixations = _usable_fixations(fixations, settings, str(reading_id), skips)
     shape = heatmap_shape(image_size, settings.heatmap_size)
     windows = [(s.start, s.end) for s in sentences] + [(-math.inf, math.inf)]
     maps = render_heatmaps(fixations, windows, image_size, shape, settings.recipe, settings.gaze_lead)
@@ -164,26 +354,43 @@ def _chexpert_name(column: str) -> str:
     return " ".join(word.capitalize() for word in column.removesuffix("__chx").split("_") if word)
 
 
-def _positive(row, columns, threshold=1.0, rename=lambda c: c) -> list[str]:
-    values = pd.to_numeric(pd.Series({c: row[c] for c in columns}), errors="coerce")
-    return [rename(column) for column, value in values.items() if value >= threshold]
+def _positive(values, columns, threshold=1.0, rename=lambda c: c) -> list[str]:
+    """Names of the columns whose parsed label value (`_label_values`) reaches `threshold`."""
+    return [rename(column) for column in columns if values[column] >= threshold]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # EGD-CXR
 
 
-def _egd_pads(sheet_row) -> tuple[float, float, float, float]:
-    """(top, bottom, left, right) letter-box pads; the released sheet says `image_top_pad`, the scripts `image_top`."""
-    pads = []
+def _egd_pad_columns(sheet: pd.DataFrame, path: Path) -> list[str]:
+    """The (top, bottom, left, right) letter-box pad columns; the released sheet says `image_top_pad`, the
+    scripts `image_top`."""
+    columns = []
     for side in ("top", "bottom", "left", "right"):
-        for column in (f"image_{side}_pad", f"image_{side}"):
-            if column in sheet_row and pd.notna(sheet_row[column]):
-                pads.append(float(sheet_row[column]))
-                break
-        else:
-            raise ValueError(f"master_sheet.csv row {sheet_row.get('dicom_id')}: no image_{side}_pad column")
-    return tuple(pads)
+        column = next((c for c in (f"image_{side}_pad", f"image_{side}") if c in sheet.columns), None)
+        if column is None:
+            raise ValueError(f"{path}: no image_{side}_pad (or image_{side}) column; found {list(sheet.columns)}")
+        columns.append(column)
+    return columns
+
+
+def _egd_pads(sheet_row, columns: list[str]) -> tuple[float, float, float, float]:
+    """(top, bottom, left, right) pads of one sheet row; ValueError naming the column unless they are numbers
+    >= 0 that leave part of the 1920 x 1080 screen for the image."""
+    pads = []
+    for column in columns:
+        try:
+            pads.append(float(sheet_row[column]))
+        except (TypeError, ValueError):
+            pads.append(math.nan)
+        if not (math.isfinite(pads[-1]) and pads[-1] >= 0):
+            raise ValueError(f"column {column!r} holds {sheet_row[column]!r}; expected pixels >= 0")
+    top, bottom, left, right = pads
+    if top + bottom >= SCREEN_HEIGHT or left + right >= SCREEN_WIDTH:
+        raise ValueError(f"pads (top, bottom, left, right) {tuple(pads)} leave no room for the image on a "
+                         f"{SCREEN_WIDTH} x {SCREEN_HEIGHT} screen")
+    return top, bottom, left, right
 
 
 def _egd_fixations(frame: pd.DataFrame, pads, image_size, reading: str, skips: SkipLog) -> Fixations:
@@ -231,33 +438,59 @@ def _egd_transcript(path: Path) -> tuple[str, list[Sentence]]:
 ImageFinder = Callable[[str, str, str, str], Path | None]  # (dicom_id, study_id, subject_id, mimic path) -> file
 
 
+def _skip_escape(skips: SkipLog, reading: str, path: Path, error: ListedPathError) -> None:
+    logger.warning("skipping reading %s of %s: %s", reading, path, error)
+    skips.skip(PATH_ESCAPES, reading, example=f"{path.name} {reading}: {error}")
+
+
 def _read_egd(
     egd_root: Path,
     find_image: ImageFinder,
     settings: HeatmapSettings,
     skips: SkipLog,
     splits: dict[str, str],
+    seen: set[str],
     chexpert: dict[str, list[str]] | None = None,
     written_reports: Callable[[str], str] = lambda study_id: "",
 ) -> list[dict]:
-    sheet = _read_csv(egd_root / "master_sheet.csv", ["dicom_id", "path", "study_id", "patient_id"], dtype=str)
-    fixations = _read_csv(egd_root / "fixations.csv", EGD_FIXATION_COLUMNS, dtype={"DICOM_ID": str})
+    sheet_path = egd_root / "master_sheet.csv"
+    sheet = read_csv_file(sheet_path, ["dicom_id", "path", "study_id", "patient_id"], dtype=str)
+    fixations = read_csv_file(egd_root / "fixations.csv", EGD_FIXATION_COLUMNS, dtype={"DICOM_ID": str})
     known = set(sheet["dicom_id"])
     calibration = ~fixations["DICOM_ID"].isin(known)
     for dicom_id, count in fixations[calibration]["DICOM_ID"].value_counts().items():
         skips.skip("calibration-image fixations skipped", f"calibration:{dicom_id}", int(count))
     by_image = dict(tuple(fixations[~calibration].groupby("DICOM_ID")))
+    pad_columns = _egd_pad_columns(sheet, sheet_path) if by_image else []
     chx_columns = [c for c in sheet.columns if c.endswith("__chx")]
+    label_values = _label_values(sheet, chx_columns, sheet_path, "dicom_id", _chexpert_cell, CHEXPERT_CELLS)
 
     rows = []
-    for _, sheet_row in sheet.iterrows():
+    for position, (index, sheet_row) in enumerate(sheet.iterrows()):
         dicom_id, study_id, subject_id = sheet_row["dicom_id"], sheet_row["study_id"], sheet_row["patient_id"]
-        image = find_image(dicom_id, study_id, subject_id, sheet_row["path"])
+        if _is_blank(dicom_id):
+            skips.skip("master_sheet.csv rows without a dicom_id skipped", f"{sheet_path}:{position + 1}",
+                       example=f"{sheet_path.name} data row {position + 1}")
+            continue
+        dicom_id = dicom_id.strip()
+        if dicom_id in seen:
+            skips.skip("readings listed twice skipped (the first kept)", dicom_id,
+                       example=f"{sheet_path.name} dicom_id {dicom_id}")
+            continue
+        seen.add(dicom_id)
+        try:
+            image = find_image(dicom_id, study_id, subject_id, sheet_row["path"])
+            transcript = resolve_inside(egd_root / "audio_segmentation_transcripts", f"{dicom_id}/transcript.json",
+                                        "dicom_id")
+            written_report = written_reports(study_id)
+        except ListedPathError as error:
+            _skip_escape(skips, dicom_id, sheet_path, error)
+            continue
         if image is None:
             skips.skip("readings without an image file skipped", dicom_id)
             continue
         try:
-            report, sentences = _egd_transcript(egd_root / "audio_segmentation_transcripts" / dicom_id / "transcript.json")
+            report, sentences = _egd_transcript(transcript)
         except (FileNotFoundError, ValueError) as error:
             logger.warning("skipping EGD-CXR reading %s: %s", dicom_id, error)
             skips.skip("readings with a missing or bad transcript skipped", dicom_id)
@@ -265,18 +498,30 @@ def _read_egd(
         if not sentences:
             skips.skip("readings whose transcript has no sentence skipped", dicom_id)
             continue
-        image_size = image_size_of(image)
+        try:
+            image_size = image_size_of(image)
+        except (OSError, ValueError) as error:
+            logger.warning("skipping EGD-CXR reading %s: %s", dicom_id, error)
+            skips.skip("readings whose image file cannot be read skipped", dicom_id)
+            continue
         gaze = by_image.get(dicom_id)
         if gaze is None:
             points = Fixations(*(np.zeros(0) for _ in range(4)))
         else:
-            points = _egd_fixations(gaze, _egd_pads(sheet_row), image_size, dicom_id, skips)
+            try:
+                pads = _egd_pads(sheet_row, pad_columns)
+            except ValueError as error:
+                logger.warning("skipping EGD-CXR reading %s: %s: %s", dicom_id, sheet_path, error)
+                skips.skip("readings with malformed letter-box pads skipped", dicom_id,
+                           example=f"{sheet_path.name} dicom_id {dicom_id}: {error}")
+                continue
+            points = _egd_fixations(gaze, pads, image_size, dicom_id, skips)
         labels = chexpert.get(study_id) if chexpert is not None and study_id in chexpert else _positive(
-            sheet_row, chx_columns, rename=_chexpert_name)
+            label_values.loc[index], chx_columns, rename=_chexpert_name)
         rows.append(_build_row(
-            reading_id=dicom_id, source="egd-cxr", subject_id=subject_id, study_id=study_id, dicom_id=dicom_id,
-            split=splits.get(dicom_id, "unknown"), image=image, image_size=image_size, report=report,
-            written_report=written_reports(study_id), sentences=sentences, fixations=points, labels=labels,
+            skips=skips, reading_id=dicom_id, source="egd-cxr", subject_id=subject_id, study_id=study_id,
+            dicom_id=dicom_id, split=splits.get(dicom_id, "unknown"), image=image, image_size=image_size,
+            report=report, written_report=written_report, sentences=sentences, fixations=points, labels=labels,
             settings=settings,
         ))
     return rows
@@ -286,19 +531,51 @@ def _read_egd(
 # REFLACX
 
 
-def _reflacx_metadata(paths: list[Path]) -> pd.DataFrame:
-    frames = [_read_csv(p, ["id", "split", "eye_tracking_data_discarded", "image", "dicom_id", "subject_id"], dtype={"subject_id": str}) for p in paths]
-    return pd.concat(frames, ignore_index=True)
+def _flag_cell(cell) -> bool | None:
+    text = str(cell).strip().lower()
+    return True if text in ("true", "1", "1.0") else False if text in ("false", "0", "0.0") else None
 
 
-def _is_true(value) -> bool:
-    return str(value).strip().lower() in ("true", "1", "1.0", "yes")
+def _image_size_cell(cell) -> float | None:
+    """A metadata image size -> pixels (NaN for blank: read from the image), None unless a whole number >= 1."""
+    if _is_blank(cell):
+        return math.nan
+    try:
+        value = float(str(cell).strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 1 and value == int(value) else None
+
+
+def _reflacx_metadata(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """The metadata files, checked and concatenated -> (frame, label columns). `eye_tracking_data_discarded`
+    becomes a bool, image sizes and labels floats (`_reflacx_cell`); a cell outside these encodings is a
+    ValueError naming the file, row, reading id and column."""
+    frames, label_columns = [], []
+    for path in paths:
+        frame = read_csv_file(path, REFLACX_METADATA_COLUMNS, dtype={"id": str, "dicom_id": str, "subject_id": str})
+        flags = [_flag_cell(cell) for cell in frame["eye_tracking_data_discarded"]]
+        bad = next((i for i, flag in enumerate(flags) if flag is None), None)
+        if bad is not None:
+            cell = str(frame["eye_tracking_data_discarded"].iat[bad])
+            raise ValueError(f"{path}: data row {bad + 1} (id {frame['id'].iat[bad]!r}), column "
+                             f"'eye_tracking_data_discarded' holds {cell!r}; expected True or False")
+        frame["eye_tracking_data_discarded"] = flags
+        sizes = [c for c in ("image_size_x", "image_size_y") if c in frame.columns]
+        labels = [c for c in frame.columns if c not in REFLACX_LABELS_NOT_FINDINGS]
+        parsed = [_label_values(frame, sizes, path, "id", _image_size_cell, "expected a whole number of pixels >= 1 "
+                                "or blank"), _label_values(frame, labels, path, "id", _reflacx_cell, REFLACX_CELLS)]
+        frame = pd.concat([frame.drop(columns=sizes + labels), *parsed], axis=1)  # one copy, not one per column
+        label_columns += [c for c in labels if c not in label_columns]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True), label_columns
 
 
 def _reflacx_transcript(folder: Path) -> tuple[str, list[Sentence]]:
     for name in ("timestamps_transcription.csv", "timestamps_transcriptions.csv"):  # both spellings exist
         if (folder / name).is_file():
-            words = _read_csv(folder / name, ["word", "timestamp_start_word", "timestamp_end_word"], keep_default_na=False)
+            words = read_csv_file(folder / name, ["word", "timestamp_start_word", "timestamp_end_word"],
+                                  keep_default_na=False)
             break
     else:
         raise FileNotFoundError(f"missing file: {folder / 'timestamps_transcription.csv'}")
@@ -316,7 +593,7 @@ def _reflacx_transcript(folder: Path) -> tuple[str, list[Sentence]]:
 
 
 def _reflacx_fixations(path: Path, image_size, reading: str, skips: SkipLog) -> Fixations:
-    frame, malformed = _numeric(_read_csv(path, REFLACX_FIXATION_COLUMNS), REFLACX_FIXATION_COLUMNS)
+    frame, malformed = _numeric(read_csv_file(path, REFLACX_FIXATION_COLUMNS), REFLACX_FIXATION_COLUMNS)
     skips.skip("malformed fixation rows dropped", reading, malformed)
     height, width = image_size
     x, y = frame["x_position"].to_numpy(), frame["y_position"].to_numpy()
@@ -335,38 +612,71 @@ def _reflacx_fixations(path: Path, image_size, reading: str, skips: SkipLog) -> 
     )
 
 
+def _report_split_disagreements(metadata: pd.DataFrame, splits: dict[str, str], skips: SkipLog) -> None:
+    """Count images whose REFLACX readings carry different splits (where no image-level split file decides);
+    each reading keeps its own split, as listed."""
+    listed: dict[str, set] = defaultdict(set)
+    for dicom_id, split in zip(metadata["dicom_id"], metadata["split"]):
+        if dicom_id not in splits:
+            listed[dicom_id].add(str(split))
+    for dicom_id, names in sorted(listed.items(), key=lambda item: str(item[0])):
+        if len(names) > 1:
+            skips.skip("images whose REFLACX readings disagree on the split (each reading keeps its own)",
+                       str(dicom_id), example=f"{dicom_id}: {' / '.join(sorted(names))}")
+
+
 def _read_reflacx(
     metadata: pd.DataFrame,
+    label_columns: list[str],
+    metadata_path: Path,
     main_data: Path,
     find_image: ImageFinder,
     settings: HeatmapSettings,
     skips: SkipLog,
     min_certainty: int,
+    seen: set[str],
     chexpert: dict[str, list[str]] | None = None,
     study_of: Callable[[str], str] = lambda dicom_id: "",
     written_reports: Callable[[str], str] = lambda study_id: "",
     splits: dict[str, str] | None = None,
 ) -> list[dict]:
-    label_columns = [c for c in metadata.columns if c not in REFLACX_LABELS_NOT_FINDINGS]
+    _report_split_disagreements(metadata, splits or {}, skips)
     rows = []
-    for _, meta in metadata.iterrows():
-        reading = str(meta["id"])
-        if _is_true(meta["eye_tracking_data_discarded"]):
+    for position, (_, meta) in enumerate(metadata.iterrows()):
+        if _is_blank(meta["id"]):
+            skips.skip("metadata rows without a reading id skipped", f"{metadata_path}:{position + 1}",
+                       example=f"{metadata_path.name} data row {position + 1}")
+            continue
+        reading = meta["id"].strip()
+        if reading in seen:
+            skips.skip("readings listed twice skipped (the first kept)", reading,
+                       example=f"{metadata_path.name} id {reading}")
+            continue
+        seen.add(reading)
+        if meta["eye_tracking_data_discarded"]:
             skips.skip("readings marked eye_tracking_data_discarded skipped", reading)
             continue
-        folder = main_data / reading
-        dicom_id, subject_id = str(meta["dicom_id"]), str(meta["subject_id"])
+        dicom_id, subject_id = str(meta["dicom_id"]).strip(), str(meta["subject_id"])
         study_id = study_of(dicom_id)
-        image = find_image(dicom_id, study_id, subject_id, str(meta["image"]))
+        try:
+            folder = resolve_inside(main_data, reading, "id")
+            for name in REFLACX_READING_FILES:  # a file of the reading's folder may itself be a link elsewhere
+                resolve_inside(main_data, f"{reading}/{name}", "id")
+            image = find_image(dicom_id, study_id, subject_id, "" if _is_blank(meta["image"]) else str(meta["image"]))
+            written_report = written_reports(study_id)
+        except ListedPathError as error:
+            _skip_escape(skips, reading, metadata_path, error)
+            continue
         if image is None:
             skips.skip("readings without an image file skipped", reading)
             continue
         try:
             report, sentences = _reflacx_transcript(folder)
-            image_size = (int(meta["image_size_y"]), int(meta["image_size_x"])) if "image_size_y" in meta and pd.notna(
-                meta["image_size_y"]) else image_size_of(image)
+            listed_size = (meta.get("image_size_y", math.nan), meta.get("image_size_x", math.nan))
+            image_size = tuple(int(side) for side in listed_size) if not any(map(math.isnan, listed_size)) else \
+                image_size_of(image)
             points = _reflacx_fixations(folder / "fixations.csv", image_size, reading, skips)
-        except (FileNotFoundError, ValueError) as error:
+        except (OSError, ValueError) as error:
             logger.warning("skipping REFLACX reading %s: %s", reading, error)
             skips.skip("readings with missing or bad files skipped", reading)
             continue
@@ -378,10 +688,10 @@ def _read_reflacx(
         else:
             labels = _positive(meta, label_columns, threshold=min_certainty)
         rows.append(_build_row(
-            reading_id=reading, source="reflacx", subject_id=subject_id, study_id=study_id, dicom_id=dicom_id,
-            split=(splits or {}).get(dicom_id, str(meta["split"])), image=image, image_size=image_size, report=report,
-            written_report=written_reports(study_id), sentences=sentences, fixations=points, labels=labels,
-            settings=settings,
+            skips=skips, reading_id=reading, source="reflacx", subject_id=subject_id, study_id=study_id,
+            dicom_id=dicom_id, split=(splits or {}).get(dicom_id, str(meta["split"])), image=image,
+            image_size=image_size, report=report, written_report=written_report, sentences=sentences,
+            fixations=points, labels=labels, settings=settings,
         ))
     return rows
 
@@ -391,26 +701,34 @@ def _read_reflacx(
 
 
 def _mimic_path_finder(image_root: Path) -> ImageFinder:
-    """Resolve MIMIC-CXR paths (`files/p10/p10000032/s5.../<dicom_id>.dcm`) under a MIMIC-CXR or -JPG root."""
-    image_root = Path(image_root)
-    if not image_root.is_dir():
-        raise FileNotFoundError(f"image_root is not a directory: {image_root}")
+    """Resolve MIMIC-CXR paths (`files/p10/p10000032/s5.../<dicom_id>.dcm`) under a MIMIC-CXR or -JPG root; a
+    listed path that leads outside it raises ListedPathError."""
+    image_root = existing_folder(image_root, "image_root")
 
     def find(dicom_id, study_id, subject_id, mimic_path):
+        if _is_blank(mimic_path):
+            return None
+        mimic_path = str(mimic_path).strip()
         relative = mimic_path[mimic_path.rfind("files/"):] if "files/" in mimic_path else mimic_path
-        for candidate in (image_root / relative, (image_root / relative).with_suffix(".jpg")):
-            if candidate.is_file():
-                return candidate
-        return None
+        listed = resolve_inside(image_root, relative, "image path")
+        if listed.is_file():
+            return listed
+        try:
+            as_jpg = Path(relative).with_suffix(".jpg")  # MIMIC-CXR-JPG
+        except ValueError:  # no file name to give a suffix to (".", "a/..")
+            return None
+        jpg = resolve_inside(image_root, as_jpg, "image path")
+        return jpg if jpg.is_file() else None
 
     return find
 
 
 def _mimic_splits(image_root: Path) -> dict[str, str]:
     for name in ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz"):
-        if (Path(image_root) / name).is_file():
-            frame = _read_csv(Path(image_root) / name, ["dicom_id", "split"], dtype=str)
-            return dict(zip(frame["dicom_id"], frame["split"]))
+        path = Path(image_root) / name
+        if path.is_file():
+            frame = _read_split_file(path, ["dicom_id", "split"])
+            return _one_value_per_key(frame["dicom_id"], frame["split"], "dicom_id", "split", path)
     return {}
 
 
@@ -423,9 +741,11 @@ def load_egd_cxr(root, image_root, heatmaps: HeatmapSettings | None = None) -> d
             looked up there, then the same path with `.jpg`. Its split file, if present, gives the `split` column
             (else "unknown").
     """
+    root = existing_folder(root, "root")
+    settings = _checked_settings(heatmaps)
+    find_image = _mimic_path_finder(image_root)
     skips = SkipLog("EGD-CXR")
-    rows = _read_egd(Path(root), _mimic_path_finder(image_root), heatmaps or HeatmapSettings(), skips,
-                     _mimic_splits(image_root))
+    rows = _read_egd(root, find_image, settings, skips, _mimic_splits(image_root), set())
     return _to_dataset(rows, skips, str(root))
 
 
@@ -436,15 +756,19 @@ def load_reflacx(root, image_root, heatmaps: HeatmapSettings | None = None, min_
         root: the folder holding `main_data/` (with `metadata_phase_*.csv` and one folder per reading id).
         image_root: a MIMIC-CXR or MIMIC-CXR-JPG root (the metadata `image` path is resolved as for EGD-CXR).
         min_certainty: REFLACX labels are certainties 0-5; a finding is listed in `labels` from this value on
-            (4 = "Probably").
+            (1-5; 4 = "Probably"). A finding recorded as True / False instead (Support devices) is listed when True.
     """
-    main_data = Path(root) / "main_data"
+    root = existing_folder(root, "root")
+    settings, min_certainty = _checked_settings(heatmaps), _checked_certainty(min_certainty)
+    main_data = root / "main_data"
     metadata_files = sorted(main_data.glob("metadata_phase_*.csv"))
     if not metadata_files:
-        raise FileNotFoundError(f"no main_data/metadata_phase_*.csv under {root}")
+        raise FileNotFoundError(f"root: no main_data/metadata_phase_*.csv under {root}")
+    find_image = _mimic_path_finder(image_root)
     skips = SkipLog("REFLACX")
-    rows = _read_reflacx(_reflacx_metadata(metadata_files), main_data, _mimic_path_finder(image_root),
-                         heatmaps or HeatmapSettings(), skips, min_certainty)
+    metadata, label_columns = _reflacx_metadata(metadata_files)
+    rows = _read_reflacx(metadata, label_columns, main_data / "metadata_phase_*.csv", main_data, find_image, settings,
+                         skips, min_certainty, set())
     return _to_dataset(rows, skips, str(root))
 
 
@@ -457,44 +781,55 @@ def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty:
     `CXR-DICOM/s<study>.txt`. The image-level split of `cxr_split.csv` wins over REFLACX's own, so that all
     readings of one image land in the same split.
     """
-    root = Path(root)
+    root = existing_folder(root, "root")
+    settings, min_certainty = _checked_settings(heatmaps), _checked_certainty(min_certainty)
     patients = sorted(p for p in root.glob("patient_*") if p.is_dir())
     if not patients:
-        raise FileNotFoundError(f"no patient_* folders under {root}")
-    settings = heatmaps or HeatmapSettings()
+        raise FileNotFoundError(f"root: no patient_* folders under {root} (expected MIMIC-EYE's layout)")
     skips = SkipLog("MIMIC-EYE")
-    rows = []
+    rows, seen = [], set()
     for patient in patients:
         jpg = patient / "CXR-JPG"
         splits, study_of, chexpert = {}, {}, {}
         if (jpg / "cxr_split.csv").is_file():
-            frame = _read_csv(jpg / "cxr_split.csv", ["dicom_id", "study_id", "split"], dtype=str)
-            splits = dict(zip(frame["dicom_id"], frame["split"]))
-            study_of = dict(zip(frame["dicom_id"], frame["study_id"]))
+            path = jpg / "cxr_split.csv"
+            frame = _read_split_file(path, ["dicom_id", "study_id", "split"])
+            splits = _one_value_per_key(frame["dicom_id"], frame["split"], "dicom_id", "split", path)
+            study_of = _one_value_per_key(frame["dicom_id"], frame["study_id"], "dicom_id", "study_id", path)
         if (jpg / "cxr_chexpert.csv").is_file():
-            frame = _read_csv(jpg / "cxr_chexpert.csv", ["study_id"], dtype={"study_id": str})
+            path = jpg / "cxr_chexpert.csv"
+            frame = read_csv_file(path, ["study_id"], dtype=str)
             finding_columns = [c for c in frame.columns if c not in ("subject_id", "study_id")]
-            chexpert = {row["study_id"]: _positive(row, finding_columns) for _, row in frame.iterrows()}
+            values = _label_values(frame, finding_columns, path, "study_id", _chexpert_cell, CHEXPERT_CELLS)
+            positives = [_positive(row, finding_columns) for _, row in values.iterrows()]
+            chexpert = _one_value_per_key(frame["study_id"], positives, "study_id", "positive labels", path)
 
         def find_image(dicom_id, study_id, subject_id, mimic_path, jpg=jpg, study_of=study_of):
-            study = study_id or study_of.get(dicom_id, "")
-            candidate = jpg / f"s{study}" / f"{dicom_id}.jpg"
+            study = study_id if isinstance(study_id, str) and study_id else study_of.get(dicom_id, "")
+            candidate = resolve_inside(jpg, f"s{study}/{dicom_id}.jpg", "dicom_id / study_id")
             return candidate if candidate.is_file() else None
 
         def written_report(study_id, patient=patient):
-            path = patient / "CXR-DICOM" / f"s{study_id}.txt"
+            path = resolve_inside(patient / "CXR-DICOM", f"s{study_id}.txt", "study_id")
             return path.read_text().strip() if path.is_file() else ""
 
         if (patient / "EyeGaze" / "master_sheet.csv").is_file():
-            rows += _read_egd(patient / "EyeGaze", find_image, settings, skips, splits, chexpert, written_report)
+            rows += _read_egd(patient / "EyeGaze", find_image, settings, skips, splits, seen, chexpert,
+                              written_report)
         if (patient / "REFLACX" / "metadata.csv").is_file():
-            metadata = _reflacx_metadata([patient / "REFLACX" / "metadata.csv"])
-            rows += _read_reflacx(metadata, patient / "REFLACX" / "main_data", find_image, settings, skips,
-                                  min_certainty, chexpert, lambda d, s=study_of: s.get(d, ""), written_report, splits)
+            metadata_path = patient / "REFLACX" / "metadata.csv"
+            metadata, label_columns = _reflacx_metadata([metadata_path])
+            rows += _read_reflacx(metadata, label_columns, metadata_path, patient / "REFLACX" / "main_data",
+                                  find_image, settings, skips, min_certainty, seen, chexpert,
+                                  lambda d, s=study_of: s.get(d, ""), written_report, splits)
     return _to_dataset(rows, skips, str(root))
 
 
 def by_split(dataset: datasets.Dataset) -> datasets.DatasetDict:
     """Rows grouped by their `split` column -> DatasetDict (e.g. train / validate / test)."""
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+    if "split" not in dataset.column_names:
+        raise ValueError(f"dataset has no 'split' column; found {dataset.column_names}")
     names = sorted(set(dataset["split"]))
     return datasets.DatasetDict({name: dataset.filter(lambda s, n=name: s == n, input_columns="split") for name in names})
