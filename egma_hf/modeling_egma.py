@@ -32,7 +32,6 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
-from transformers.utils.output_capturing import selected_hidden_states
 
 from .configuration_egma import EGMAConfig
 from .losses import EGMALoss
@@ -160,9 +159,9 @@ def _requested_hidden_states(hidden_states: tuple, request) -> tuple | None:
     """Keep what `output_hidden_states` asked for: all (True), none (False/None), or the listed indices."""
     if not request:
         return None
-    selected = selected_hidden_states(request)
-    if selected is None:
+    if request is True:
         return hidden_states
+    selected = [request] if isinstance(request, int) else list(request)
     count = len(hidden_states)
     kept = {index % count for index in selected if -count <= index < count}
     return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
