@@ -387,7 +387,8 @@ def write_results(args, passed_on, summary, metrics_of, out: Path) -> str:
 
 def main(argv=None):
     args, passed_on = parse_args(argv)
-    pretrain.parse_args(pretrain_argv(args, passed_on, Run("egma", 1.0, 0)))  # unknown flags stop here, not mid-way
+    for run in plan_runs(plan_rows(args.gaze_fractions), args.seeds):  # bad or unknown flags stop here, not mid-way
+        pretrain.check_settings(pretrain.parse_args(pretrain_argv(args, passed_on, run)))
     # the same process setup as pretrain.py's Accelerator, which shares this state: gloo for several CPU processes
     state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO if state.is_main_process else logging.WARNING)

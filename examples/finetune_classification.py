@@ -57,6 +57,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from egma_hf import EGMAForImageClassification, EGMAProcessor, __version__
+from egma_hf.conversion import check_egma_checkpoint
 from egma_hf.data import (
     CHEXPERT_COMPETITION_TASKS,
     EVALUATION_SETS,
@@ -118,16 +119,39 @@ def check_args(args):
         raise SystemExit(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     if args.full_finetune and args.no_feature_cache:
         raise SystemExit("--no_feature_cache is for linear probes; full fine-tuning never caches features")
-    if args.epochs < 1 or args.batch_size < 1 or args.bootstrap < 1:
-        raise SystemExit("--epochs, --batch_size and --bootstrap must be at least 1")
+    for flag, minimum in (("epochs", 1), ("batch_size", 1), ("bootstrap", 1), ("num_workers", 0), ("num_threads", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < minimum:
+            raise SystemExit(f"--{flag} must be at least {minimum}, got {value}")
+    if not 0 <= args.seed < 2**32:
+        raise SystemExit(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise SystemExit(f"--weight_decay must be a number >= 0, got {args.weight_decay}")
+    if not 0 <= args.warmup_epochs <= args.epochs:  # also refuses NaN
+        raise SystemExit(f"--warmup_epochs must be in [0, --epochs {args.epochs}], got {args.warmup_epochs}")
     for flag in ("data", "images_root", "test_ids"):
         value = getattr(args, flag)
         if value and not Path(value).exists():
             raise SystemExit(f"--{flag}: {value} does not exist")
     if args.test_ids and args.dataset != "siim":
         raise SystemExit("--test_ids is for --dataset siim")
-    if args.model.startswith((".", "/")) and not Path(args.model).is_dir():
-        raise SystemExit(f"--model: {args.model} does not exist")
+    if args.images_root and args.dataset != "chexpert":
+        raise SystemExit("--images_root is for --dataset chexpert (RSNA and SIIM images are read from --data)")
+    if args.model.startswith((".", "/")) or Path(args.model).exists():  # a local folder, not a Hub id
+        try:
+            check_egma_checkpoint(args.model, "--model")
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(str(error)) from error
+    output = Path(args.output_dir or Path("finetune") / args.dataset)
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"--output_dir {output} is a file, not a folder")
+    for flag in ("model", "data", "images_root"):
+        value = getattr(args, flag)
+        if value and Path(value).exists() and output.resolve() == Path(value).resolve():
+            raise SystemExit(f"--output_dir {output} is --{flag}: results and classifiers would be written among "
+                             "the inputs; choose another --output_dir")
     if args.lr is None:
         args.lr = 1e-5 if args.full_finetune else 1e-3
 
@@ -363,7 +387,11 @@ def scores_of(logits: torch.Tensor, task: Task) -> np.ndarray:
 def predict(accelerator, module, step, loader, task: Task) -> np.ndarray:
     module.eval()
     chunks = [accelerator.gather_for_metrics(step(module, batch, task.problem_type)[0]) for batch in loader]
-    return scores_of(torch.cat(chunks).cpu(), task)
+    scores = scores_of(torch.cat(chunks).cpu(), task)
+    if not np.isfinite(scores).all():  # AUROC would rank NaN scores as if they were numbers
+        raise FloatingPointError(f"the classifier gives non-finite scores on {int((~np.isfinite(scores)).any(1).sum())}"
+                                 " images; try a smaller --lr")
+    return scores
 
 
 @torch.no_grad()
@@ -383,14 +411,21 @@ def mean_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(values))
 
 
+def auroc_interval(metric, targets, scores, args) -> dict:
+    """bootstrap_ci, or the value with null bounds and the reason when every resample was undefined (a tiny split)."""
+    try:
+        return bootstrap_ci(metric, targets, scores, num_samples=args.bootstrap, seed=args.seed)
+    except ValueError as error:
+        return {"value": metric(targets, scores), "low": None, "high": None, "num_samples": 0,
+                "skipped": args.bootstrap, "note": f"no 95% interval: {error}"}
+
+
 def score_test_split(targets: np.ndarray, scores: np.ndarray, task: Task, args) -> dict:
     per_task = {}
     for name, t, s in zip(task.reported, targets.T, scores.T):
-        per_task[name] = (bootstrap_ci(roc_auc, t, s, num_samples=args.bootstrap, seed=args.seed)
-                          if 0 < t.sum() < len(t) else None)
+        per_task[name] = auroc_interval(roc_auc, t, s, args) if 0 < t.sum() < len(t) else None
     defined = [i for i, name in enumerate(task.reported) if per_task[name] is not None]
-    mean = bootstrap_ci(mean_auroc, targets[:, defined], scores[:, defined], num_samples=args.bootstrap,
-                        seed=args.seed)
+    mean = auroc_interval(mean_auroc, targets[:, defined], scores[:, defined], args)
     return {"auroc": per_task, "mean_auroc": mean, "num_images": len(targets),
             "positives": {name: int(t.sum()) for name, t in zip(task.reported, targets.T)}}
 
@@ -425,6 +460,9 @@ def fit(args, accelerator, module, step, train_rows, validate_rows, validate_tru
         losses = []
         for batch in loader:
             _, loss = step(module, batch, task.problem_type)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss ({loss.item()}) in epoch {epoch + 1}; try a "
+                                         f"smaller --lr (now {args.lr})")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -501,13 +539,15 @@ def markdown_table(report: dict) -> str:
         test = entry["test"]
         cells = [test["auroc"][name] for name in tasks] + ([test["mean_auroc"]] if len(tasks) > 1 else [])
         lines.append(f"| {entry['label_fraction']:.0%} | {entry['train_images']} | {entry['best_epoch']} | "
-                     + " | ".join(_percent(cell) for cell in cells) + " |")
+                     + " | ".join(percent_cell(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _percent(interval) -> str:
+def percent_cell(interval) -> str:
     if interval is None:
         return "n/a"
+    if interval["low"] is None:
+        return f"{100 * interval['value']:.1f} (no CI)"
     return f"{100 * interval['value']:.1f} ({100 * interval['low']:.1f}–{100 * interval['high']:.1f})"
 
 
@@ -524,11 +564,11 @@ def main(argv=None) -> int:
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
         torch.set_num_threads(args.num_threads or len(os.sched_getaffinity(0)))
     task = task_of(args.dataset)
-    splits, source, validation = load_splits(args, accelerator, task)
-    try:
+    try:  # before any data is read
         image_processor = EGMAProcessor.from_pretrained(args.model).image_processor
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {args.model}: no EGMA processor to prepare images with ({error})") from error
+    splits, source, validation = load_splits(args, accelerator, task)
     mode = "full_finetune" if args.full_finetune else "linear_probe"
     use_cache = not args.full_finetune and not args.no_feature_cache
     logger.info("%s on %s; images train/validate/test %d/%d/%d (validation: %s); %s, %s", mode, source,
@@ -559,15 +599,18 @@ def main(argv=None) -> int:
                                   "train_positives": dict(zip(task.reported, kept.tolist())), **result,
                                   "test": test, "seconds": round(time.perf_counter() - started, 2)})
         predictions[f"test_scores_{fraction_key(fraction)}"] = scores
-        logger.info("  test mean AUROC %.3f (%.3f-%.3f)", test["mean_auroc"]["value"], test["mean_auroc"]["low"],
-                    test["mean_auroc"]["high"])
+        logger.info("  test mean AUROC %s", percent_cell(test["mean_auroc"]))
         if args.save_models and accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(output_dir / f"model_fraction_{fraction_key(fraction)}")
             image_processor.save_pretrained(output_dir / f"model_fraction_{fraction_key(fraction)}")
         accelerator.free_memory()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "results.json").write_text(json.dumps(report, indent=1))
+        try:
+            text = json.dumps(report, indent=1, allow_nan=False)
+        except ValueError as error:
+            raise FloatingPointError(f"not writing {output_dir / 'results.json'}: a value is not finite") from error
+        (output_dir / "results.json").write_text(text)
         (output_dir / "results.md").write_text(markdown_table(report))
         np.savez(output_dir / "predictions.npz", **predictions)
         (output_dir / "label_subsets.json").write_text(json.dumps(
