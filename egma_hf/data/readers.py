@@ -195,15 +195,20 @@ def _is_blank(cell) -> bool:
     return cell is None or (isinstance(cell, float) and math.isnan(cell)) or str(cell).strip() == ""
 
 
-def _chexpert_cell(cell) -> float | None:
-    """A CheXpert-style label cell -> 1 / 0 / -1, NaN for blank, None if it is none of these."""
+def _number_cell(cell, valid: Callable[[float], bool]) -> float | None:
+    """A numeric cell -> its value, NaN for blank, None if it is no number or `valid` refuses it."""
     if _is_blank(cell):
         return math.nan
     try:
         value = float(str(cell).strip())
     except ValueError:
         return None
-    return value if value in (1.0, 0.0, -1.0) else None
+    return value if valid(value) else None
+
+
+def _chexpert_cell(cell) -> float | None:
+    """A CheXpert-style label cell -> 1 / 0 / -1, NaN for blank, None if it is none of these."""
+    return _number_cell(cell, lambda value: value in (1.0, 0.0, -1.0))
 
 
 def _reflacx_cell(cell) -> float | None:
@@ -538,13 +543,7 @@ def _flag_cell(cell) -> bool | None:
 
 def _image_size_cell(cell) -> float | None:
     """A metadata image size -> pixels (NaN for blank: read from the image), None unless a whole number >= 1."""
-    if _is_blank(cell):
-        return math.nan
-    try:
-        value = float(str(cell).strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 1 and value == int(value) else None
+    return _number_cell(cell, lambda value: math.isfinite(value) and value >= 1 and value == int(value))
 
 
 def _reflacx_metadata(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
