@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO / "examples"))
 
 import ablation  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
+
 TABLE4_ROWS = [name for name, _ in ablation.TABLE4]
 SWEEP_ROWS = ["EGF+EGM, 0% gaze", "EGF+EGM, 10% gaze", "EGF+EGM, 100% gaze"]
 

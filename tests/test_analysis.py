@@ -150,6 +150,7 @@ def test_split_agreement_has_a_shuffled_control_on_the_same_sentences(model, pro
         assert 0.0 <= result[key]["auroc"]["mean"] <= 1.0 and -1.0 <= result[key]["correlation"]["mean"] <= 1.0
 
 
+@pytest.mark.slow
 def test_analyze_script_end_to_end(tmp_path, model, processor, corpus):
     _, saved = corpus
     model.save_pretrained(tmp_path / "model")

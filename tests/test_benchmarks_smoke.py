@@ -4,6 +4,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"(\d+(?:\.\d+)?)"

@@ -81,6 +81,7 @@ print(json.dumps({"module": type(model).__module__, "logits": model(pixel_values
 """
 
 
+@pytest.mark.slow
 def test_a_saved_classifier_loads_with_remote_code_without_egma_hf(pretrained, tmp_path):
     _, path = pretrained
     model = EGMAForImageClassification.from_pretrained(path, num_labels=3).eval()

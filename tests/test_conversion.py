@@ -304,6 +304,7 @@ def test_logit_scale_above_the_egma_clamp_is_noted(checkpoint, original, tmp_pat
     assert_same_outputs(model, original, logit_factor=math.exp(math.log(100.0) - 4.6052))
 
 
+@pytest.mark.slow
 def test_cli_converts_to_a_folder_that_from_pretrained_loads(checkpoint, original, tmp_path):
     config_dir = tmp_path / "config"
     egma_config().save_pretrained(config_dir)

@@ -19,6 +19,8 @@ from egma_hf import EGMAImageProcessor, EGMALoss, EGMAModel, EGMAProcessor
 from egma_hf.distributed import gather_padded, gather_with_grad, world_info
 from tests.conftest import GRID, IMAGE_SIZE, make_tokenizer, tiny_config
 
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
+
 WORLD_SIZE = 2
 B = 3  # pairs per rank
 COUNTS = [3, 1, 2, 1, 4, 2]  # sentences per report: rank 0 pads to 3 slots, rank 1 to 4

@@ -38,6 +38,7 @@ def run(*args) -> dict:
     return json.loads((output / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_constant_predictor_is_flagged_with_its_known_macro_f1(tmp_path, model, processor, monkeypatch):
     with torch.no_grad():  # every image gets the same embedding, so every image the same prediction
         model.visual_projection.weight.zero_()

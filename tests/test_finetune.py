@@ -87,6 +87,7 @@ def check_aurocs(results, predictions, tasks):
         assert 0.0 <= entry["validate_mean_auroc"] <= 1.0 and 1 <= entry["best_epoch"] <= 3
 
 
+@pytest.mark.slow
 def test_rsna_linear_probe_at_three_fractions(workspace, tmp_path):
     out = tmp_path / "rsna"
     data = workspace / "cache" / SYNTHETIC / "rsna-pneumonia"
@@ -127,6 +128,7 @@ def test_rsna_linear_probe_at_three_fractions(workspace, tmp_path):
     np.testing.assert_allclose(probabilities, predictions["test_scores_1"][:, 0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chexpert_multi_label_on_the_default_synthetic_twin(workspace, tmp_path):
     out = tmp_path / "chexpert"
     run(["--model", str(workspace / "egma"), "--dataset", "chexpert", "--label_fraction", *FRACTIONS,
@@ -179,6 +181,7 @@ def test_label_subsets_are_stratified_nested_and_seeded():
     assert 0.3 * 5 == pytest.approx(1.5) and script._share(0.3, 5) == 2  # half up despite 0.3 * 5 = 1.4999...
 
 
+@pytest.mark.slow
 def test_cached_features_give_the_frozen_tower_results(workspace, tmp_path):
     data = workspace / "cache" / SYNTHETIC / "rsna-pneumonia"
     common = ["--model", str(workspace / "egma-cnn"), "--dataset", "rsna", "--data", str(data), "--label_fraction",

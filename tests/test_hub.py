@@ -20,6 +20,8 @@ from egma_hf import EGMAImageProcessor, EGMAModel, EGMAProcessor
 from tests.conftest import GRID, IMAGE_SIZE, WITHOUT_EGMA_HF, make_batch, make_tokenizer, tiny_config
 from tests.hub_stand_in import HubStandIn
 
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = "user/egma-tiny"
 

@@ -13,6 +13,8 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "pretrain.py"
 TINY = ["--synthetic_samples", "48", "--batch_size", "8", "--epochs", "2", "--eval_every", "3",

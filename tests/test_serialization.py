@@ -106,6 +106,7 @@ REMOTE_CODE_SCRIPT = WITHOUT_EGMA_HF + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_loads_without_egma_hf(saved, model, processor, tmp_path):
     image_path = tmp_path / "xray.png"
     Image.fromarray((np.random.default_rng(0).random((40, 36)) * 255).astype(np.uint8)).save(image_path)

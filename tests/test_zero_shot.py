@@ -232,6 +232,7 @@ REMOTE_PIPELINE_SCRIPT = WITHOUT_EGMA_HF + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_installed_and_remote_code_pipelines_load_from_a_saved_directory(model, processor, tmp_path):
     plain, shared = tmp_path / "plain", tmp_path / "shared"
     model.save_pretrained(plain)
