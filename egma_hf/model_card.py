@@ -1,5 +1,5 @@
-"""The model card of a trained EGMA model: `MODEL_CARD.md` (the template at the top of the egma_hf repository)
-filled in from the model's config, its `training_config.json` / `eval_results.json` (written by
+"""The model card of a trained EGMA model: the template `egma_hf/templates/model_card.md` (package data, so it
+is there in a non-editable install) filled in from the model's config, its `training_config.json` / `eval_results.json` (written by
 examples/pretrain.py) and evaluation reports (written by examples/evaluate.py), with Hub metadata
 (`pipeline_tag`, `library_name`, license, datasets, tags, `model-index`).
 """
@@ -15,7 +15,7 @@ from .configuration_egma import EGMAConfig
 from .conversion import check_egma_checkpoint
 from .reporting import check_report, eval_results, results_table
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 TAGS = ["egma", "chest-x-ray", "radiology", "eye-gaze", "medical", "clip", "vision-language"]
 SYNTHETIC_DATA = "egma_hf-synthetic-mimic-eye"
 
@@ -84,8 +84,7 @@ def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, li
     check_repo_id(repo_id, namespace=False)  # a card written beside a local run names the folder
     template_path = Path(template_path) if template_path else DEFAULT_TEMPLATE
     if not template_path.is_file():
-        raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=, e.g. the "
-                                "MODEL_CARD.md of an egma_hf checkout)")
+        raise FileNotFoundError(f"model card template not found: {template_path}")
     check_egma_checkpoint(model_dir, "model_dir", processor=False)
     if not isinstance(license, str) or not license.strip():
         raise ValueError(f"license must be a license id such as 'apache-2.0', got {license!r}")

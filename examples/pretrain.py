@@ -731,7 +731,7 @@ def main(argv=None, keep_process_group: bool = False):
             raise FloatingPointError(f"not writing {output_dir / 'eval_results.json'}: a metric is not finite "
                                      f"({results})") from error
         (output_dir / "eval_results.json").write_text(text)
-        card = build_model_card(output_dir, repo_id=output_dir.resolve().name)  # MODEL_CARD.md filled in
+        card = build_model_card(output_dir, repo_id=output_dir.resolve().name)  # egma_hf's model card template filled in
         card.save(output_dir / "README.md")
         print(f"saved to {output_dir}/ (EGMAModel.from_pretrained or pipeline('zero-shot-image-classification'))")
     if keep_process_group:

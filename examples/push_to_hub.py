@@ -1,6 +1,6 @@
 """Publish a trained EGMA model on the Hugging Face Hub, in one commit: weights, config, processor, the remote code
 (so `trust_remote_code=True` works for people without egma_hf installed, the medical zero-shot pipeline included)
-and a model card filled in from MODEL_CARD.md.
+and a model card filled in from egma_hf's template (egma_hf/templates/model_card.md).
 
     python examples/push_to_hub.py --model_dir egma-pretrain --repo_id you/egma-cxr \\
         --eval_report eval/rsna/report.json eval/chexpert_5x200/report.json
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval_report", nargs="*", default=[], help="report.json files from examples/evaluate.py")
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--datasets", nargs="*", help="dataset names for the card metadata (default: training data)")
-    parser.add_argument("--card_template", help="model card template (default: MODEL_CARD.md of this checkout)")
+    parser.add_argument("--card_template", help="model card template (default: egma_hf/templates/model_card.md)")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--commit_message", default="Upload EGMA model")
     parser.add_argument("--dry_run", metavar="DIR", help="write what would be uploaded to DIR and stop")

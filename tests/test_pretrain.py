@@ -50,7 +50,7 @@ def test_tiny_run_saves_a_model_the_pipeline_loads(tmp_path, cache):
     results = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= results["test"]["mean_auroc"] <= 1.0 and results["best_step"] is not None
     assert json.loads((out / "training_config.json").read_text())["losses"] == "egma"
-    card = ModelCard.load(out / "README.md")  # the full MODEL_CARD.md template, filled in
+    card = ModelCard.load(out / "README.md")  # the full model card template, filled in
     assert card.data.pipeline_tag == "zero-shot-image-classification"
     reported = [result.metric_value for result in card.data.eval_results]
     assert round(100 * results["test"]["mean_auroc"], 2) in reported  # model-index values are in percent
