@@ -38,49 +38,7 @@ per class set, whatever N: it embeds every distinct prompt of a set once, in bat
     python benchmarks/zero_shot_throughput.py --size base --breakdown
     python benchmarks/zero_shot_throughput.py --quick            # tiny towers, a few seconds (the smoke test)
 
-Reference runs on 2 CPU cores shared with other jobs (load average 3-5), torch 2.14 (CPU), transformers 5.24;
-defaults (--size small, 32 images of 512x448, --batch-size 16, --pipeline-batch-size 1, --repeats 5, gelu).
-The default run (`--breakdown`, torch's 2 threads) is slowed several-fold wherever one of its two threads waits
-for a core (a 2-thread op stalls until both threads finish, hence 0.4 images/s for the batch-1 pipelines): read
-its ratios, not its images/s.
-
-                                                                images/s  images/s  EGMA/CLIP  EGMA/CLIP
-    default run, 2 threads                                          EGMA      CLIP     (wall) (CPU time)  text passes
-    embedding path, cached prompts                                  5.05      4.95      1.000      0.998  0, 0
-    standard pipeline (prompts per image)                           0.39      0.40      0.982      0.982  32, 32
-    egma pipeline, cached prompts                                   0.57         -      1.435*            1
-    preprocessing only (per image)                                 15.82     25.02      0.625      0.625  0, 0
-    reference: EGMAConfig() defaults: Swin-T/224 + BERT-base        3.38         -          -          -  0
-    one-time classifier build, CheXpert 5x200 (5 classes, 183 prompts): EGMA 6089 ms, CLIP 5192 ms
-    (3 text-tower passes each)
-    egma pipeline get_text_features calls: candidate labels (5 prompts): 1 for 32 images, 0 for 32 more;
-    CheXpert 5x200 (183 prompts): 3 for 32 images (prompt batches of 64: 3)
-    breakdown, one batch of 16 (wall ms, CPU ms, CPU time relative to EGMA's embed_pixel_values):
-      EGMA embed_pixel_values (get_image_features + normalise)     3397.95   3401.99   100.00%
-      EGMA same, without the patch projection                      3333.96   3349.28    98.61%
-      CLIP embed (get_image_features + normalise)                  3376.12   3404.26   100.70%
-      EGMA patch projection alone                                    32.06     32.04     0.94%
-
-    --threads 1 (steadier here; same machine, a calmer moment)
-    embedding path, cached prompts                                  8.48      8.88      0.972      0.972  0, 0
-    standard pipeline (prompts per image)                           5.63      5.76      0.979      0.982  32, 32
-    egma pipeline, cached prompts                                   7.58         -      1.316*            1
-    preprocessing only (per image)                                818.50    593.15      1.549      1.544  0, 0
-    reference: EGMAConfig() defaults: Swin-T/224 + BERT-base        6.53         -          -          -  0
-    one-time classifier build: EGMA 1228 ms, CLIP 1277 ms
-      EGMA embed_pixel_values (get_image_features + normalise)     1811.44   1757.59   100.00%
-      EGMA same, without the patch projection                      1739.37   1719.45    98.03%
-      CLIP embed (get_image_features + normalise)                  1736.89   1702.08    96.40%
-      EGMA vision tower alone (ViTModel)                           1746.30   1709.31    96.54%
-      EGMA patch projection alone                                    10.50     10.30     0.59%
-      EGMA scoring (max ensemble, 183 prompts)                        0.33      0.33     0.02%
-    * egma pipeline: images/s relative to CLIP's standard pipeline (no paired CLIP row)
-
-A longer paired measurement (1 thread, batch 8, 30 interleaved rounds, CPU time relative to EGMA's
-embed_pixel_values) pins the embedding path down: EGMA without the patch projection 0.992, ViT tower alone 0.995,
-CLIP 0.994 (EGMA/CLIP = 0.994), CLIP with its stock quick_gelu 1.166 (EGMA/CLIP = 1.17). So the only cost EGMA
-adds to zero-shot inference is the projection of the patch tokens that `get_image_features` always computes for
-the fine-grained losses: about 0.6-0.8% at ViT-S/16 (196 patches).
+Measured figures and their discussion: docs/benchmarks.md (Zero-shot inference).
 """
 
 import argparse

@@ -33,12 +33,8 @@ stopped ablation continues where it was; changed settings in an existing `--outp
 
 Default size: pretrain.py's default run, a data-scarce regime like the paper's (MIMIC-EYE has 3.7k images): the
 640-reading synthetic corpus (447 train / 60 validate / 130 test readings), batch 32, 260 steps (20 epochs) per run.
-There the gaze-free baseline stays well below what the same data allow: in 130-step runs (seed 0) its test AUROC
-was 0.768 against EGF+EGM's 0.873. Time on 2 CPU cores, measured per run with `--num_threads 1` and the other
-core idle: 279-294 s, so ~2 h 25 min for the 30 runs (3 seeds x 10 settings). With 2 threads on idle cores a run
-takes what pretrain.py's default run takes (3 min 17 s), ~100 min in all, a projection. Where the cores are busy
-with other work, use `--num_threads 1`, since two threads then mostly wait for each other (26 steps took 31 s on 1
-thread and 104 s on 2 on a loaded 2-core machine). `--max_steps 130` roughly halves either.
+Where the cores are busy with other work, use `--num_threads 1`, since two threads then mostly wait for each
+other; `--max_steps 130` roughly halves a run. Run times and results: docs/ablation.md.
 Flags that this script does not know are passed to every pretrain.py run as they are (e.g. `--lr`,
 `--global_loss_weight`, `--warmup_steps`, `--num_threads`); see `python examples/pretrain.py --help`.
 """
