@@ -28,7 +28,7 @@ from egma_hf.data import (
     load_siim_acr,
     make_synthetic_evaluation_sets,
 )
-from egma_hf.data.evaluation_sets import _mgca_split, _rle_decode, _rle_encode
+from egma_hf.data.evaluation_sets import _mgca_split, _rle_decode, rle_encode
 
 PER_CLASS = 10
 
@@ -269,7 +269,7 @@ def test_rle_round_trip_and_kaggle_decoder():
     for height, width in ((5, 7), (16, 16), (30, 20)):
         mask = rng.random((height, width)) < 0.3
         mask[0, 0] = mask[-1, -1] = True  # runs touching both ends
-        rle = _rle_encode(mask)
+        rle = rle_encode(mask)
         assert (_rle_decode(rle, height, width) == mask).all()
         assert (kaggle_rle2mask(rle, width, height) == mask).all()
 

@@ -17,12 +17,11 @@ from .evaluation_sets import (
     load_chexpert_8x200,
     load_rsna_pneumonia,
     load_siim_acr,
-    make_synthetic_evaluation_sets,
 )
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
 from .images import image_size_of, load_image
 from .readers import FEATURES, HeatmapSettings, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
-from .synthetic import make_synthetic_mimic_eye
+from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_eye
 
 __all__ = [
     "build_once",

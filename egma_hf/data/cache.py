@@ -9,8 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .evaluation_sets import make_synthetic_evaluation_sets
-from .synthetic import make_synthetic_mimic_eye
+from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_eye
 
 logger = logging.getLogger("egma_hf.data")
 

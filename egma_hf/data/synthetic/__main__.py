@@ -1,0 +1,3 @@
+from .mimic_eye import main
+
+main()
