@@ -141,9 +141,14 @@ def _vision_width(vision_model: nn.Module, vision_config) -> int:
     return vision_config.hidden_size
 
 
+TOWER_KWARGS = frozenset(TransformersKwargs.__annotations__)  # what forward passes on to the towers
+
+
 def _check_kwargs(kwargs: dict, where: str) -> None:
     """Only transformers' own forward keywords (`output_hidden_states`, `output_attentions`, ...) pass through."""
-    unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+    if kwargs.keys() <= TOWER_KWARGS:
+        return
+    unknown = sorted(set(kwargs) - TOWER_KWARGS)
     if unknown:
         raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}")
 

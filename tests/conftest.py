@@ -1,6 +1,11 @@
 """Tiny random EGMA models, a tokenizer built in memory and synthetic inputs: no download anywhere."""
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +125,15 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def start_and_kill_when(command: list[str], ready: Path, cwd, timeout: float = 240) -> None:
+    """Run `command` and SIGKILL it as soon as the path `ready` exists (e.g. a checkpoint folder); a real crash."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready.is_dir() and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

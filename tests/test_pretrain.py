@@ -2,16 +2,16 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+
+from tests.conftest import start_and_kill_when
 
 pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
 
@@ -69,15 +69,8 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, cache):
     run([*settings, "--output_dir", str(reference)], cache)
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *settings, "--output_dir", str(killed), "--cache_dir", cache],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_0000002").is_dir() and time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    start_and_kill_when([sys.executable, str(SCRIPT), *settings, "--output_dir", str(killed), "--cache_dir", cache],
+                        killed / "checkpoints" / "step_0000002", cwd=REPO)
     assert not (killed / "model.safetensors").exists()  # it really died mid-run
 
     log = run([*settings, "--output_dir", str(killed), "--resume", "latest"], cache)

@@ -6,10 +6,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +19,9 @@ from safetensors.torch import load_file
 
 from egma_hf import EGMAImageProcessor, EGMAModel, EGMAProcessor
 from egma_hf.metrics import roc_auc
-from tests.conftest import GRID, IMAGE_SIZE, TINY_BERT, load_example, make_tokenizer, tiny_config
+from tests.conftest import (
+    GRID, IMAGE_SIZE, TINY_BERT, load_example, make_tokenizer, start_and_kill_when, tiny_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "examples" / "pretrain.py"
@@ -454,15 +454,8 @@ def test_killed_run_with_a_truncated_newest_checkpoint_resumes_from_the_one_befo
     assert run_pretrain([*TINY, "--output_dir", str(reference)], cache).returncode == 0
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen([sys.executable, str(PRETRAIN), *TINY, "--output_dir", str(killed), "--cache_dir",
-                                str(cache)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_0000004").is_dir() and time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    start_and_kill_when([sys.executable, str(PRETRAIN), *TINY, "--output_dir", str(killed), "--cache_dir", str(cache)],
+                        killed / "checkpoints" / "step_0000004", cwd=REPO)
     assert not (killed / "model.safetensors").exists()  # it really died mid-run
     found = pretrain.checkpoints(killed)
     assert len(found) >= 2
