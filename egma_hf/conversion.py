@@ -30,7 +30,7 @@ import torch
 from transformers.utils import logging
 
 from .configuration_egma import EGMAConfig
-from .modeling_egma import EGMAModel
+from .modeling_egma import EGMAModel, egma_checkpoint_problem
 
 logger = logging.get_logger(__name__)
 
@@ -337,7 +337,8 @@ def check_egma_checkpoint(path: str | os.PathLike, argument: str = "model", proc
     `EGMAProcessor.save_pretrained`) before any work starts; return its config as a dict.
 
     Raises FileNotFoundError or ValueError naming `argument` and what is missing or wrong: no such folder, a file,
-    no config.json, a config of another model type, no weights file, no processor files.
+    no config.json, a config of another model type, no weights file, an unreadable one (`from_pretrained`'s own
+    check, `egma_checkpoint_problem`), no processor files.
     """
     path = Path(path)
     if not path.exists():
@@ -349,12 +350,27 @@ def check_egma_checkpoint(path: str | os.PathLike, argument: str = "model", proc
     config = _egma_config_dict(path / "config.json", argument)
     if not any((path / name).is_file() for name in SAVED_WEIGHTS):
         raise FileNotFoundError(f"{argument} {path} has no weights file (one of {list(SAVED_WEIGHTS)})")
+    problem = egma_checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"{argument}: {problem}")
     if processor:
         for alternatives in SAVED_PROCESSOR:
             if not any((path / name).is_file() for name in alternatives):
                 raise FileNotFoundError(f"{argument} {path} has no processor ({' or '.join(alternatives)} missing): "
                                         "save it with EGMAProcessor.save_pretrained into the same folder")
     return config
+
+
+def check_output_folder(folder, source, argument: str = "output_dir", source_argument: str = "the input") -> Path:
+    """`folder` can take a new model: it is not a file, and not the folder of `source` (the file or folder it is
+    made from, which writing there could overwrite). ValueError naming `argument` and `source_argument` otherwise."""
+    folder, source = Path(folder), Path(source)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{argument} {folder} is a file, not a folder")
+    source_folder = source if source.is_dir() else source.parent
+    if folder.exists() and folder.resolve() == source_folder.resolve():
+        raise ValueError(f"{argument} {folder} is the folder of {source_argument}; write into another folder")
+    return folder
 
 
 def load_original_checkpoint(
@@ -399,6 +415,7 @@ def load_original_checkpoint(
 __all__ = [
     "ConversionReport",
     "check_egma_checkpoint",
+    "check_output_folder",
     "config_for_original_checkpoint",
     "convert_medclip_state_dict",
     "load_original_checkpoint",

@@ -27,7 +27,7 @@ CXR_STD = 0.2795008897
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _as_grayscale(image, argument: str = "images") -> np.ndarray:
+def as_grayscale(image, argument: str = "images") -> np.ndarray:
     """Any supported image -> (H, W) float32 array in [0, 1].
 
     Integer pixels are divided by their type's maximum (255 for uint8, 65535 for uint16); integer types wider than
@@ -162,7 +162,7 @@ class EGMAImageProcessor(BaseImageProcessor):
             raise ValueError("images: got an empty list")
         squares, image_sizes = [], []
         for index, image in enumerate(images):
-            gray = torch.from_numpy(_as_grayscale(image, f"images[{index}]"))
+            gray = torch.from_numpy(as_grayscale(image, f"images[{index}]"))
             image_sizes.append(tuple(gray.shape))
             squares.append(fit_to_square(gray, tuple(gray.shape), self.size))
         pixel_values = (torch.stack(squares) - self.image_mean) / self.image_std
@@ -302,4 +302,4 @@ def _image_size(size, argument: str) -> tuple[int, int]:
     return _positive_int(height, f"{argument} height"), _positive_int(width, f"{argument} width")
 
 
-__all__ = ["EGMAImageProcessor", "fit_to_square"]
+__all__ = ["EGMAImageProcessor", "as_grayscale", "fit_to_square"]

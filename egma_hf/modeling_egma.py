@@ -179,8 +179,9 @@ def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return (x32 / x32.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(x.dtype)
 
 
-def _checkpoint_problem(pretrained_model_name_or_path, kwargs: dict) -> str | None:
-    """Why a folder or Hub id is not an EGMA checkpoint (another model type, unreadable weights), or None."""
+def egma_checkpoint_problem(pretrained_model_name_or_path, **kwargs) -> str | None:
+    """Why a folder or Hub id is not an EGMA checkpoint (another model type, unreadable weights), or None; a folder
+    without a config is left to the caller. `kwargs`: `from_pretrained`'s (the Hub options among them are used)."""
     options = {k: kwargs[k] for k in ("cache_dir", "force_download", "proxies", "local_files_only", "token",
                                       "revision", "subfolder") if k in kwargs}
     try:
@@ -220,7 +221,7 @@ class EGMAPreTrainedModel(PreTrainedModel):
         """As transformers', but a folder of another model type (BERT, CLIP, ...) or a truncated weights file is
         an error naming it (transformers only logs a warning and returns randomly initialised weights)."""
         if kwargs.get("config") is None and not kwargs.get("gguf_file"):
-            problem = _checkpoint_problem(pretrained_model_name_or_path, kwargs)
+            problem = egma_checkpoint_problem(pretrained_model_name_or_path, **kwargs)
             if problem:
                 raise ValueError(problem)
         wants_info = kwargs.pop("output_loading_info", False)
@@ -591,6 +592,23 @@ class EGMAModel(EGMAPreTrainedModel):
         )
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None = None) -> torch.Tensor:
+    """EGMAForImageClassification's loss for `problem_type`: "multi_label_classification", BCE on (B, num_labels)
+    float labels; "single_label_classification", cross-entropy on (B,) class ids; None, whichever the labels' dtype
+    says (floats: multi-label). Computed in float32."""
+    problem = problem_type or (
+        "single_label_classification" if not labels.is_floating_point() else "multi_label_classification")
+    if problem == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(f"multi-label labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    if problem == "single_label_classification":
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(f"class-id labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+        return F.cross_entropy(logits.float(), labels.long())
+    raise ValueError(f"problem_type {problem!r} is not supported; use multi- or single-label classification")
+
+
 class EGMAForImageClassification(EGMAPreTrainedModel):
     """EGMA's image tower with a linear head on its pooled, un-projected feature (the paper's linear probe).
 
@@ -648,20 +666,7 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
             raise ValueError(f"pixel_values must be a float tensor of shape (batch>0, channels, height, width), got {shape}")
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(self._pool(outputs))
-        loss = None
-        if labels is not None:
-            problem = self.config.problem_type or (
-                "single_label_classification" if not labels.is_floating_point() else "multi_label_classification")
-            if problem == "multi_label_classification":
-                if labels.shape != logits.shape:
-                    raise ValueError(f"multi-label labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-            elif problem == "single_label_classification":
-                if labels.shape != logits.shape[:1]:
-                    raise ValueError(f"class-id labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-                loss = F.cross_entropy(logits.float(), labels.long())
-            else:
-                raise ValueError(f"problem_type {problem!r} is not supported; use multi- or single-label classification")
+        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
         return ImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -677,4 +682,5 @@ __all__ = [
     "EGMAOutput",
     "EGMAImageFeatures",
     "EGMATextFeatures",
+    "egma_checkpoint_problem",
 ]

@@ -12,9 +12,8 @@ for the zero-shot pipeline.
 
 import argparse
 import sys
-from pathlib import Path
 
-from egma_hf.conversion import load_original_checkpoint
+from egma_hf.conversion import check_output_folder, load_original_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,27 +28,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def output_dir_problem(output_dir: Path, checkpoint: Path) -> str | None:
-    """Why --output_dir cannot take the converted model, or None."""
-    if output_dir.exists() and not output_dir.is_dir():
-        return f"--output_dir {output_dir} is a file, not a folder"
-    source = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    if output_dir.exists() and output_dir.resolve() == source.resolve():
-        return f"--output_dir {output_dir} is the folder of --checkpoint; write the converted model elsewhere"
-    return None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problem = output_dir_problem(Path(args.output_dir), Path(args.checkpoint))
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
-    try:
+    try:  # OSError: FileNotFoundError and friends, each naming the file
+        check_output_folder(args.output_dir, args.checkpoint, "--output_dir", "--checkpoint")
         model, report = load_original_checkpoint(
             args.checkpoint, config=args.config, strict=not args.allow_partial, return_report=True
         )
-    except (ValueError, OSError) as error:  # OSError: FileNotFoundError and friends, each naming the file
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report)

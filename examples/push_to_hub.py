@@ -1,6 +1,6 @@
 """Publish a trained EGMA model on the Hugging Face Hub, in one commit: weights, config, processor, the remote code
 (so `trust_remote_code=True` works for people without egma_hf installed, the medical zero-shot pipeline included)
-and a model card filled in from egma_hf's template (egma_hf/templates/model_card.md).
+and a model card filled in from egma_hf's template (egma_hf/templates/model_card.md). See `egma_hf.hub`.
 
     python examples/push_to_hub.py --model_dir egma-pretrain --repo_id you/egma-cxr \\
         --eval_report eval/rsna/report.json eval/chexpert_5x200/report.json
@@ -11,16 +11,10 @@ Log in first (`hf auth login` or HF_TOKEN). HF_ENDPOINT points it at another Hub
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-from huggingface_hub import HfApi
-
-from egma_hf import EGMAModel, EGMAProcessor
-from egma_hf.conversion import check_egma_checkpoint
-from egma_hf.model_card import build_model_card, check_repo_id
-from egma_hf.pipeline_egma import CUSTOM_PIPELINES
-from egma_hf.reporting import load_report
+from egma_hf.conversion import check_output_folder
+from egma_hf.evaluation.reports import load_report
+from egma_hf.hub import prepare_upload, push_to_hub, save_for_hub
 
 
 def parse_args(argv=None):
@@ -37,49 +31,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def prepare_card(args):
-    """Check every input and build the model card, before anything is written or uploaded; SystemExit naming the
-    argument or file that is wrong."""
-    try:
-        check_repo_id(args.repo_id)
-        check_egma_checkpoint(args.model_dir, "--model_dir")
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:  # every input is checked before anything is written or uploaded
         reports = [load_report(path) for path in args.eval_report]
-        card = build_model_card(args.model_dir, args.repo_id, reports, template_path=args.card_template,
-                                license=args.license, datasets=args.datasets)
+        card = prepare_upload(args.model_dir, args.repo_id, reports, template_path=args.card_template,
+                              license=args.license, datasets=args.datasets)
+        if args.dry_run:
+            check_output_folder(args.dry_run, args.model_dir, "--dry_run", "--model_dir")
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     if args.dry_run:
-        dry_run = Path(args.dry_run)
-        if dry_run.exists() and not dry_run.is_dir():
-            raise SystemExit(f"error: --dry_run {dry_run} is a file, not a folder")
-        if dry_run.exists() and dry_run.resolve() == Path(args.model_dir).resolve():
-            raise SystemExit("error: --dry_run is --model_dir; stage into another folder")
-    return card
-
-
-def stage(args, folder: Path, card) -> None:
-    """Write everything the repository gets into `folder`."""
-    model = EGMAModel.from_pretrained(args.model_dir)
-    processor = EGMAProcessor.from_pretrained(args.model_dir)
-    model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("egma-zero-shot-image-classification", remote code)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    card.save(folder / "README.md")
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    card = prepare_card(args)
-    if args.dry_run:
-        stage(args, Path(args.dry_run), card)
-        print(f"staged in {args.dry_run}/: " + ", ".join(sorted(p.name for p in Path(args.dry_run).iterdir())))
+        print(f"staged in {args.dry_run}/: " + ", ".join(save_for_hub(args.model_dir, args.dry_run, card)))
         return 0
-    api = HfApi()
-    with tempfile.TemporaryDirectory() as folder:
-        stage(args, Path(folder), card)
-        url = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-        commit = api.upload_folder(repo_id=args.repo_id, folder_path=folder, commit_message=args.commit_message)
-    print(f"pushed to {url} (commit {commit.oid})")
+    commit = push_to_hub(args.model_dir, args.repo_id, card, private=args.private, commit_message=args.commit_message)
+    print(f"pushed to {commit.repo_url} (commit {commit.oid})")
     print(f'pipeline("egma-zero-shot-image-classification", model="{args.repo_id}", trust_remote_code=True)')
     return 0
 

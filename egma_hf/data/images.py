@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..image_processing_egma import _as_grayscale
+from ..image_processing_egma import as_grayscale
 
 
 def _dicom(path: Path, stop_before_pixels: bool):
@@ -76,6 +76,6 @@ def load_image(path) -> np.ndarray:
         return pixels
     try:
         with Image.open(path) as image:
-            return _as_grayscale(image, str(path))  # the image processor's own conversion, so both agree
+            return as_grayscale(image, str(path))  # the image processor's own conversion, so both agree
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path}: not a readable image file ({error})") from None
