@@ -24,27 +24,15 @@ import logging
 import sys
 from pathlib import Path
 
-import datasets
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pretrain  # noqa: E402  (examples/pretrain.py: the same readings as training)
-
-from egma_hf import EGMAModel, EGMAProcessor  # noqa: E402
-from egma_hf.conversion import check_egma_checkpoint  # noqa: E402
-from egma_hf.analysis import (  # noqa: E402
-    gaze_agreement,
-    gaze_on_patch_grid,
-    image_patch_mask,
-    project_embeddings,
-    silhouette,
-    similarity_maps_batch,
-    single_finding_labels,
-    test_split_agreement,
-)
-from egma_hf.data import default_cache_dir, load_image  # noqa: E402
-from egma_hf.evaluation import embed_images, image_file_batches  # noqa: E402
-from egma_hf.image_processing_egma import fit_to_square  # noqa: E402
+from egma_hf import EGMAModel, EGMAProcessor
+from egma_hf.conversion import check_egma_checkpoint
+from egma_hf.data import default_cache_dir
+from egma_hf.evaluation.analysis import embedding_clusters, pick_reading, reading_agreement, test_split_agreement
+from egma_hf.evaluation.plots import plot_embedding_projection, plot_similarity_vs_gaze
+from egma_hf.evaluation.reports import format_agreement
+from egma_hf.training import TrainingSettings, load_readings
 
 logger = logging.getLogger("analyze")
 
@@ -74,15 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_readings(args) -> tuple[datasets.Dataset, str]:
-    """The readings, as examples/pretrain.py loads them from the same flags (its cached synthetic corpus by default)."""
-    if args.data and not Path(args.data).exists():
-        raise SystemExit(f"--data {args.data} does not exist")
-    flags = ["--cache_dir", args.cache_dir, *(["--data", args.data] if args.data else []),
-             *(["--image_root", args.image_root] if args.image_root else [])]
-    return pretrain.load_readings(pretrain.parse_args(flags))
-
-
 def load_models(args, device) -> dict:
     """{display name: (model, processor)}: the model first, then the baselines."""
     models = {}
@@ -106,94 +85,36 @@ def load_models(args, device) -> dict:
     return models
 
 
-def embeddings_analysis(models: dict, rows: datasets.Dataset, args, output_dir: Path) -> dict:
-    from egma_hf.visualization import plot_embedding_projection
-
-    indices, classes = single_finding_labels(list(rows["labels"]))
-    paths = [rows[i]["image"] for i in indices]
-    report = {"num_images": len(indices), "num_images_in_split": len(rows), "metric": "cosine",
-              "classes": {name: classes.count(name) for name in sorted(set(classes))},
-              "rule": "images with exactly one finding, or none ('No Finding'); classes with >= 2 such images",
-              "projection": args.projection, "silhouette": {}}
-    if len(set(classes)) < 2 or len(indices) < 3:
-        logger.warning("too few single-finding images (%d in %d classes) for a silhouette",
-                       len(indices), len(set(classes)))
-        return report
-    points = {}
-    for name, (model, processor) in models.items():
-        embeds = embed_images(model, image_file_batches(processor.image_processor, paths, args.batch_size)).cpu()
-        report["silhouette"][name] = silhouette(embeds, classes)
-        points[name] = project_embeddings(embeds, args.projection, seed=args.seed)
-    plot_embedding_projection(points, classes, output_dir / "embeddings.png", scores=report["silhouette"],
-                              title=f"image embeddings ({args.projection}), {args.split} split, coloured by class")
-    return report
-
-
-def pick_reading(rows: datasets.Dataset, reading_id: str | None) -> dict:
-    """--reading_id, or the first reading by id that has gaze and a finding (else the first with gaze)."""
-    candidates = sorted((row for row in rows if row["has_gaze"] and row["sentences"]), key=lambda r: r["reading_id"])
-    if reading_id is not None:
-        for row in candidates:
-            if row["reading_id"] == reading_id:
-                return row
-        raise SystemExit(f"--reading_id {reading_id}: no reading with gaze of that id in the {len(rows)} rows analysed")
-    if not candidates:
-        raise SystemExit("no reading with gaze in this split")
-    with_finding = [row for row in candidates if set(row["labels"]) - {"No Finding"}]
-    return (with_finding or candidates)[0]
-
-
-def attention_example(models: dict, row: dict, threshold: float, output_dir: Path) -> dict:
-    """attention.png for one reading, and its per-sentence agreement numbers for each model."""
-    from egma_hf.visualization import plot_similarity_vs_gaze
-
-    image = load_image(row["image"])
-    maps, captions, numbers = {}, {}, {}
-    for name, (model, processor) in models.items():
-        similarity = similarity_maps_batch(model, processor, [image], [row["sentences"]])[0]
-        square_size, grid = processor.image_processor.size, similarity.shape[1:]
-        gaze = gaze_on_patch_grid(row["sentence_heatmaps"], image.shape, square_size, grid)
-        agreement = gaze_agreement(similarity, gaze, threshold, image_patch_mask(image.shape, square_size, grid))
-        per_sentence = ["skipped"] * len(similarity)
-        for index, correlation, auroc in zip(agreement["scored"], agreement["correlation"], agreement["auroc"]):
-            per_sentence[index] = f"r={correlation:.2f} AUROC={auroc:.2f}"
-        maps[name], captions[name], numbers[name] = similarity, per_sentence, agreement
-    # every model's processor shares the geometry in practice; the first one's square and grid are drawn
-    square_size = next(iter(models.values()))[1].image_processor.size
-    square = fit_to_square(torch.from_numpy(image), image.shape, square_size).numpy()
-    gaze = gaze_on_patch_grid(row["sentence_heatmaps"], image.shape, square_size, next(iter(maps.values())).shape[1:])
-    plot_similarity_vs_gaze(square, row["sentences"], maps, gaze, output_dir / "attention.png", captions=captions)
-    return {"reading_id": row["reading_id"], "image": row["image"], "sentences": list(row["sentences"]),
-            "labels": list(row["labels"]), "per_model": numbers}
-
-
-def format_summary(summary: dict | None) -> str:
-    if summary is None:
-        return "n/a"
-    correlation, auroc = summary["correlation"], summary["auroc"]
-    if not correlation["n"]:
-        return "no scored sentence"
-    return (f"r = {correlation['mean']:.3f} ± {correlation['std']:.3f}, AUROC = {auroc['mean']:.3f} ± "
-            f"{auroc['std']:.3f} (n = {auroc['n']})")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    readings, source = load_readings(args)
+    if args.data and not Path(args.data).exists():
+        raise SystemExit(f"--data {args.data} does not exist")
+    # the readings as examples/pretrain.py loads them from the same flags (its cached synthetic corpus by default)
+    readings, source = load_readings(TrainingSettings(data=args.data, image_root=args.image_root,
+                                                      cache_dir=args.cache_dir))
     rows = readings if args.split == "all" else readings.filter(lambda split: split == args.split,
                                                                  input_columns="split")
     if len(rows) == 0:
         raise SystemExit(f"{source}: no readings in split {args.split!r} (splits: {sorted(set(readings['split']))})")
-    example = pick_reading(rows, args.reading_id)  # before any model work, so a wrong id fails at once
+    try:
+        example = pick_reading(rows, args.reading_id)  # before any model work, so a wrong id fails at once
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     models = load_models(args, "cuda" if torch.cuda.is_available() else "cpu")
     logger.info("%s: %d readings in split %s; models %s", source, len(rows), args.split, list(models))
 
-    embeddings = embeddings_analysis(models, rows, args, output_dir)
-    silhouette_report = {"source": source, "split": args.split, **embeddings}
-    (output_dir / "silhouette.json").write_text(json.dumps(silhouette_report, indent=1))
+    embeddings, points, classes = embedding_clusters(models, rows, args.projection, args.batch_size, args.seed)
+    if points:
+        plot_embedding_projection(points, classes, output_dir / "embeddings.png", scores=embeddings["silhouette"],
+                                  title=f"image embeddings ({args.projection}), {args.split} split, coloured by class")
+    else:
+        logger.warning("too few single-finding images (%d in %d classes) for a silhouette",
+                       embeddings["num_images"], len(embeddings["classes"]))
+    (output_dir / "silhouette.json").write_text(json.dumps({"source": source, "split": args.split, **embeddings},
+                                                           indent=1))
 
     threshold = next(iter(models.values()))[0].config.gaze_label_threshold
     attention = {"source": source, "split": args.split, "threshold": threshold,
@@ -201,7 +122,9 @@ def main(argv=None) -> int:
                  "patches": "those lying at least half on the image (padding excluded)", "models": {}}
     for name, (model, processor) in models.items():
         attention["models"][name] = test_split_agreement(model, processor, rows, args.batch_size, threshold, args.seed)
-    attention["example"] = attention_example(models, example, threshold, output_dir)
+    attention["example"], figure = reading_agreement(models, example, threshold)
+    plot_similarity_vs_gaze(figure["square"], example["sentences"], figure["similarity"], figure["gaze"],
+                            output_dir / "attention.png", captions=figure["captions"])
     (output_dir / "attention.json").write_text(json.dumps(attention, indent=1))
 
     print(f"\n{source}, split {args.split}")
@@ -213,8 +136,8 @@ def main(argv=None) -> int:
     print(f"Sentence->patch similarity vs gaze over {first['num_sentences']} sentences of "
           f"{first['num_readings']} readings:")
     for name, result in attention["models"].items():
-        print(f"  {name:<32} {format_summary(result['matched'])}")
-        print(f"  {'  shuffled-gaze control':<32} {format_summary(result['shuffled'])}")
+        print(f"  {name:<32} {format_agreement(result['matched'])}")
+        print(f"  {'  shuffled-gaze control':<32} {format_agreement(result['shuffled'])}")
     print(f"wrote embeddings.png, silhouette.json, attention.png, attention.json to {output_dir}/")
     return 0
 

@@ -1,4 +1,4 @@
-"""egma_hf.analysis and examples/analyze.py: silhouette and projections against scikit-learn, similarity maps against
+"""egma_hf.evaluation.analysis and examples/analyze.py: silhouette and projections against scikit-learn, similarity maps against
 a direct computation, gaze agreement on constructed maps, the shuffled control, and the script end to end."""
 
 import json
@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from datasets import load_from_disk
 from PIL import Image
 
-from egma_hf.analysis import (
+from egma_hf.evaluation.analysis import (
     gaze_agreement,
     gaze_on_patch_grid,
     image_patch_mask,
+    pick_reading,
     project_embeddings,
     sentence_patch_similarity,
     shuffled_gaze_pairs,
@@ -176,9 +177,9 @@ def test_analyze_script_end_to_end(tmp_path, model, processor, corpus):
         example["per_model"]["model"]["skipped"].values())
 
     rows = load_from_disk(str(saved))
-    assert analyze.pick_reading(rows, None)["reading_id"] == example["reading_id"]  # deterministic
+    assert pick_reading(rows, None)["reading_id"] == example["reading_id"]  # deterministic
     last = max(row["reading_id"] for row in rows if row["has_gaze"])
-    assert analyze.pick_reading(rows, last)["reading_id"] == last
+    assert pick_reading(rows, last)["reading_id"] == last
     with pytest.raises(SystemExit, match="--reading_id nope"):
         analyze.main(["--model", str(tmp_path / "model"), "--data", str(saved), "--output_dir", str(out),
                       "--split", "all", "--reading_id", "nope"])

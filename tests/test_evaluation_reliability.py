@@ -16,11 +16,11 @@ from PIL import Image
 from transformers import BertConfig, BertModel, pipeline
 
 from egma_hf import ZeroShotClassifier, zero_shot_classify
-from egma_hf.analysis import gaze_agreement
+from egma_hf.evaluation.analysis import gaze_agreement
 from egma_hf.conversion import check_egma_checkpoint, load_original_checkpoint
 from egma_hf.data import make_synthetic_evaluation_sets
 from egma_hf.evaluation import evaluate_multi_label, evaluate_single_label, retrieval_metrics
-from egma_hf.metrics import (
+from egma_hf.evaluation.metrics import (
     bootstrap_ci,
     confusion_matrix,
     macro_f1,
@@ -31,8 +31,8 @@ from egma_hf.metrics import (
 )
 from egma_hf.model_card import build_model_card, check_repo_id
 from egma_hf.pipeline_egma import TASK
-from egma_hf.reporting import check_report, load_report, markdown_report, metric_rows, results_table
-from egma_hf.visualization import plot_confusion_matrix
+from egma_hf.evaluation.reports import check_report, load_report, markdown_report, metric_rows, results_table
+from egma_hf.evaluation.plots import plot_confusion_matrix
 from tests.conftest import load_example
 from tests.hub_stand_in import HubStandIn
 

@@ -359,13 +359,21 @@ def test_images_decode_and_monochrome1_is_inverted(sets):
 def test_registry_names_loaders_classes_and_prompt_sets(sets):
     from egma_hf.zero_shot import resolve_class_prompts
 
-    assert set(EVALUATION_SETS) == {"chexpert_5x200", "chexpert_8x200", "rsna", "siim", "chexpert"}
-    for name, (loader, classes, prompt_set) in EVALUATION_SETS.items():
-        data = loader(**sets[name])
-        assert set(data["label"]) <= set(classes) | {""}
-        assert {label for labels in data["labels"] for label in labels} <= set(classes)
-        if prompt_set is not None:
-            assert set(resolve_class_prompts(prompt_set)[0]) == set(classes)
+    # the public sets, and the pre-training corpus (MIMIC-EYE, its reader tested in test_data_readers.py)
+    assert set(EVALUATION_SETS) == {"chexpert_5x200", "chexpert_8x200", "rsna", "siim", "chexpert", "mimic_eye"}
+    assert EVALUATION_SETS["mimic_eye"].synthetic is None
+    tree = sets["rsna"]["root"].parent
+    for name, entry in EVALUATION_SETS.items():
+        if entry.synthetic is None:
+            continue
+        data = entry.loader(**sets[name])
+        assert set(data["label"]) <= set(entry.classes) | {""}
+        assert {label for labels in data["labels"] for label in labels} <= set(entry.classes)
+        if entry.prompt_set is not None:
+            assert set(resolve_class_prompts(entry.prompt_set)[0]) == set(entry.classes)
+        # where the registry looks for the twin is where the writer put it
+        written = sets[{"chexpert": "chexpert_valid", "siim": "siim_with_test_ids"}.get(name, name)]
+        assert entry.synthetic_arguments(tree) == {key: Path(value) for key, value in written.items()}
     assert tuple(prompts.CHEXPERT_8X200_QUERIES) == EVALUATION_SETS["chexpert_8x200"].classes
 
 

@@ -1,6 +1,6 @@
-"""examples/finetune_classification.py: linear probes at 1/10/100% of the labels on synthetic RSNA and CheXpert
-twins, stratified nested label subsets, cached features = the frozen tower run every step, the pretrained tower
-really used, bad settings refused before training."""
+"""The linear-probe protocol (egma_hf.evaluation.linear_probe) and examples/finetune_classification.py: linear probes
+at 1/10/100% of the labels on synthetic RSNA and CheXpert twins, stratified nested label subsets, cached features =
+the frozen tower run every step, the pretrained tower really used, bad settings refused before training."""
 
 import json
 import math
@@ -22,7 +22,8 @@ from egma_hf.data import (
     load_rsna_pneumonia,
     make_synthetic_evaluation_sets,
 )
-from egma_hf.metrics import roc_auc
+from egma_hf.evaluation import linear_probe
+from egma_hf.evaluation.metrics import roc_auc
 from tests.conftest import GRID, IMAGE_SIZE, load_example, make_tokenizer, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,26 +160,26 @@ def test_chexpert_multi_label_on_the_default_synthetic_twin(workspace, tmp_path)
 
 
 def test_label_subsets_are_stratified_nested_and_seeded():
-    task = script.Task("single_label_classification", ["Normal", "Pneumonia"], ["Pneumonia"])
+    task = linear_probe.Task("single_label_classification", ["Normal", "Pneumonia"], ["Pneumonia"])
     labels = np.array([0] * 95 + [1] * 5)
-    split = script.Split([f"p{i:03d}" for i in range(100)], [""] * 100, labels)
-    subsets = {f: script.label_subset(split, task, f, seed=3) for f in (0.01, 0.1, 0.5, 1.0)}
+    split = linear_probe.Split([f"p{i:03d}" for i in range(100)], [""] * 100, labels)
+    subsets = {f: linear_probe.label_subset(split, task, f, seed=3) for f in (0.01, 0.1, 0.5, 1.0)}
     counts = {f: Counter(labels[s].tolist()) for f, s in subsets.items()}
     assert counts[0.01] == {0: 1, 1: 1} and counts[0.1] == {0: 10, 1: 1} and counts[0.5] == {0: 48, 1: 3}
     assert counts[1.0] == {0: 95, 1: 5}
     assert set(subsets[0.01]) <= set(subsets[0.1]) <= set(subsets[0.5]) <= set(subsets[1.0])
-    assert subsets[0.1] == script.label_subset(split, task, 0.1, seed=3)
-    assert subsets[0.1] != script.label_subset(split, task, 0.1, seed=4)
-    shuffled = script.Split(split.ids[::-1], split.paths, labels[::-1])  # row order does not matter, ids do
-    picked = script.label_subset(shuffled, task, 0.1, seed=3)
+    assert subsets[0.1] == linear_probe.label_subset(split, task, 0.1, seed=3)
+    assert subsets[0.1] != linear_probe.label_subset(split, task, 0.1, seed=4)
+    shuffled = linear_probe.Split(split.ids[::-1], split.paths, labels[::-1])  # row order does not matter, ids do
+    picked = linear_probe.label_subset(shuffled, task, 0.1, seed=3)
     assert sorted(shuffled.ids[i] for i in picked) == sorted(split.ids[i] for i in subsets[0.1])
 
-    multi = script.Task("multi_label_classification", ["A", "B"], ["A", "B"])
+    multi = linear_probe.Task("multi_label_classification", ["A", "B"], ["A", "B"])
     targets = np.array([[0, 0]] * 60 + [[1, 0]] * 30 + [[0, 1]] * 9 + [[1, 1]] * 1, np.float32)
-    split = script.Split([f"q{i:03d}" for i in range(100)], [""] * 100, targets)
-    kept = targets[script.label_subset(split, multi, 0.01, seed=0)]
+    split = linear_probe.Split([f"q{i:03d}" for i in range(100)], [""] * 100, targets)
+    kept = targets[linear_probe.label_subset(split, multi, 0.01, seed=0)]
     assert sorted(map(tuple, kept.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one per label pattern
-    assert 0.3 * 5 == pytest.approx(1.5) and script._share(0.3, 5) == 2  # half up despite 0.3 * 5 = 1.4999...
+    assert 0.3 * 5 == pytest.approx(1.5) and linear_probe.stratum_share(0.3, 5) == 2  # half up despite 1.4999...
 
 
 @pytest.mark.slow
@@ -211,14 +212,13 @@ def test_cached_features_give_the_frozen_tower_results(workspace, tmp_path):
 def test_features_are_the_pretrained_towers_pooled_output(workspace):
     from accelerate import Accelerator
 
-    args = script.parse_args(["--model", str(workspace / "egma"), "--dataset", "rsna"])
-    script.check_args(args)
-    task = script.task_of("rsna")
+    settings = linear_probe.LinearProbeSettings(model=str(workspace / "egma"), dataset="rsna").check()
+    task = linear_probe.task_of("rsna")
     rows = load_rsna_pneumonia(workspace / "cache" / SYNTHETIC / "rsna-pneumonia").select(range(5))
-    split = script.Split(list(rows["id"]), list(rows["image"]), np.zeros(5, np.int64))
+    split = linear_probe.Split(list(rows["id"]), list(rows["image"]), np.zeros(5, np.int64))
     processor = EGMAProcessor.from_pretrained(workspace / "egma").image_processor
-    loader = torch.utils.data.DataLoader(script.ImageRows(split, processor), batch_size=2)
-    features = script.extract_features(Accelerator(), script.load_classifier(args, task), loader)
+    loader = torch.utils.data.DataLoader(linear_probe.ImageRows(split, processor), batch_size=2)
+    features = linear_probe.extract_features(Accelerator(), linear_probe.load_classifier(settings, task), loader)
     pixels = processor(images=[load_image(p) for p in split.paths])["pixel_values"]
     with torch.no_grad():
         expected = EGMAModel.from_pretrained(workspace / "egma").eval().vision_model(pixel_values=pixels).pooler_output

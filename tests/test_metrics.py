@@ -1,14 +1,17 @@
-"""Metrics against scikit-learn and against straightforward loops."""
+"""egma_hf.evaluation.metrics against scikit-learn and against straightforward loops."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from egma_hf.metrics import (
+from egma_hf.evaluation.metrics import (
     accuracy,
+    auroc_defined,
     bootstrap_ci,
+    column_aurocs,
     confusion_matrix,
     macro_f1,
+    mean_auroc,
     precision_at_k,
     recall_at_k,
     roc_auc,
@@ -105,3 +108,30 @@ def test_retrieval_precision_on_a_hand_computed_example_of_the_papers_protocol()
     assert result["i2t"]["recall"] == pytest.approx({1: 1 / 6, 2: 1 / 3})
     # texts: a1 ranks A1 B A2 (P@1 1, P@2 1/2), a2 ranks A2 A1 B (1, 1), b1 ranks A1 A2 B (0, 0), b2 ranks A2 B A1 (0, 1/2)
     assert result["t2i"]["precision"] == pytest.approx({1: 2 / 4, 2: 2 / 4})
+
+
+def test_auroc_is_scored_exactly_where_a_column_has_both_classes():
+    rng = np.random.default_rng(0)
+    targets = np.column_stack([rng.random(40) < 0.3, np.zeros(40, bool), np.ones(40, bool), rng.random(40) < 0.6])
+    scores = rng.random((40, 4))
+    assert auroc_defined(targets).tolist() == [True, False, False, True]
+    values, undefined = column_aurocs(targets, scores, ["a", "none", "all", "b"], absent="none", everywhere="all")
+    assert list(values) == ["a", "b"] and undefined == {"none": "none", "all": "all"}
+    for column, name in ((0, "a"), (3, "b")):
+        assert values[name] == pytest.approx(roc_auc_score(targets[:, column], scores[:, column]))
+    assert mean_auroc(targets, scores) == pytest.approx((values["a"] + values["b"]) / 2)
+    with pytest.raises(ValueError, match="AUROC is undefined for every task"):
+        mean_auroc(targets[:, 1:3], scores[:, 1:3])
+
+
+def test_the_flat_modules_of_earlier_releases_re_export_the_evaluation_package():
+    import egma_hf.analysis
+    import egma_hf.evaluation
+    import egma_hf.metrics
+    import egma_hf.reporting
+    import egma_hf.visualization
+
+    assert egma_hf.metrics.roc_auc is roc_auc and egma_hf.evaluation.roc_auc is roc_auc
+    assert egma_hf.analysis.gaze_agreement is egma_hf.evaluation.analysis.gaze_agreement
+    assert egma_hf.reporting.markdown_report is egma_hf.evaluation.reports.markdown_report
+    assert egma_hf.visualization.plot_roc_curves is egma_hf.evaluation.plots.plot_roc_curves

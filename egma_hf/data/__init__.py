@@ -20,7 +20,7 @@ from .evaluation_sets import (
 )
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
 from .images import image_size_of, load_image
-from .readers import FEATURES, HeatmapSettings, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
+from .readers import FEATURES, HeatmapSettings, SkipLog, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
 from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_eye
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "Fixations",
     "HeatmapSettings",
     "Sentence",
+    "SkipLog",
     "by_split",
     "group_words_into_sentences",
     "heatmap_shape",

@@ -27,9 +27,11 @@ a counted skip, and a listed path that would lead outside the images folder (`..
 symbolic link pointing outside) is a counted skip whose file is never opened. A cell outside the format's encoding
 is an error naming the file, line and column.
 
-`EVALUATION_SETS` maps a set name to its loader, class names and default built-in prompt set (a name that
-`egma_hf.zero_shot` resolves). `make_synthetic_evaluation_sets` (in `egma_hf.data.synthetic`) writes small trees in
-all these formats, with images drawn by the synthetic MIMIC-EYE corpus's chest X-ray drawer.
+`EVALUATION_SETS` is the one registry of evaluation sets (these and the MIMIC-EYE corpus): each name's loader,
+class names, built-in prompt set (a name that `egma_hf.zero_shot` resolves), readable name, what zero-shot
+evaluation measures on it, and where its twin lies in the synthetic evaluation tree. `make_synthetic_evaluation_sets`
+(in `egma_hf.data.synthetic`) writes small trees in all these formats, with images drawn by the synthetic MIMIC-EYE
+corpus's chest X-ray drawer.
 """
 
 import itertools
@@ -47,7 +49,14 @@ import numpy as np
 import pandas as pd
 
 from ..prompts import CHEXPERT_8X200_QUERIES
-from .readers import ListedPathError, check_columns, read_csv_file, resolve_inside
+from .readers import (
+    ListedPathError,
+    SkipLog,
+    check_columns,
+    load_mimic_eye,
+    read_csv_file,
+    resolve_inside,
+)
 
 logger = logging.getLogger("egma_hf.data")
 
@@ -94,36 +103,7 @@ SIIM_FEATURES = _features(mask_rles=datasets.List(datasets.Value("string")))
 # Shared plumbing
 
 
-class _Skips:
-    """What a load could not use, counted by reason, with a few examples each."""
-
-    def __init__(self):
-        self.counts: Counter = Counter()
-        self.examples: dict[str, list[str]] = {}
-        self.left_out: Counter = Counter()  # rows excluded by the caller's choice, not by a problem
-
-    def leave_out(self, reason: str, count: int):
-        if count:
-            self.left_out[reason] += int(count)
-
-    def add(self, reason: str, count: int = 1, example: str | None = None):
-        if count:
-            self.counts[reason] += int(count)
-            if example is not None and len(self.examples.setdefault(reason, [])) < 3:
-                self.examples[reason].append(example)
-
-    def summary(self) -> str:
-        parts = []
-        for reason, count in sorted(self.counts.items()):
-            examples = self.examples.get(reason)
-            parts.append(f"{count} {reason}" + (f" (e.g. {', '.join(examples)})" if examples else ""))
-        text = "skipped: " + "; ".join(parts) if parts else "nothing skipped"
-        if self.left_out:
-            text += "; left out: " + "; ".join(f"{count} {reason}" for reason, count in sorted(self.left_out.items()))
-        return text
-
-
-def _to_dataset(rows: list[dict], skips: _Skips, name: str, source, features: datasets.Features) -> datasets.Dataset:
+def _to_dataset(rows: list[dict], skips: SkipLog, name: str, source, features: datasets.Features) -> datasets.Dataset:
     if not rows:
         summary = f"{name} ({source}): {skips.summary()}"
         logger.warning(summary)
@@ -248,7 +228,7 @@ def _chexpert_id(listed: str) -> str:
     return "/".join(parts[-3:])
 
 
-def _listed_images(paths: pd.Series, positions, images_root, skips: "_Skips"):
+def _listed_images(paths: pd.Series, positions, images_root, skips: SkipLog):
     """Yield (position, image id, image path) for the CSV rows at `positions`, skipping (and counting) blank paths,
     repeated images, paths leading outside `images_root` and images missing on disk."""
     find, seen = _ImageFinder(images_root), set()
@@ -256,19 +236,19 @@ def _listed_images(paths: pd.Series, positions, images_root, skips: "_Skips"):
         listed = paths.iat[position]
         line = int(paths.index[position]) + 2
         if not listed.strip():
-            skips.add("rows with a blank image path", example=f"line {line}")
+            skips.skip("rows with a blank image path", example=f"line {line}")
             continue
         image_id = _chexpert_id(listed)
         if image_id in seen:
-            skips.add("duplicate rows", example=listed)
+            skips.skip("duplicate rows", example=listed)
             continue
         try:
             image = find(listed)
         except ListedPathError as error:
-            skips.add("listed paths leading outside the images root (not read)", example=f"line {line}: {error}")
+            skips.skip("listed paths leading outside the images root (not read)", example=f"line {line}: {error}")
             continue
         if image is None:
-            skips.add("listed images missing on disk", example=listed)
+            skips.skip("listed images missing on disk", example=listed)
             continue
         seen.add(image_id)
         yield position, image_id, image
@@ -280,10 +260,10 @@ def _load_single_label(csv_path, images_root, classes, name: str, what: str) -> 
     values = _label_values(frame, classes, csv_path)
     positive = values == 1
     one_hot = (positive.sum(axis=1) == 1) & (positive | (values == 0) | np.isnan(values)).all(axis=1)
-    skips = _Skips()
+    skips = SkipLog()
     bad_lines = np.flatnonzero(~one_hot) + 2
-    skips.add(f"rows not positive for exactly one of the {len(classes)} classes (others 0 or blank)",
-              len(bad_lines), f"line {bad_lines[0]}" if len(bad_lines) else None)
+    skips.skip(f"rows not positive for exactly one of the {len(classes)} classes (others 0 or blank)",
+               count=len(bad_lines), example=f"line {bad_lines[0]}" if len(bad_lines) else None)
     rows = []
     for index, image_id, image in _listed_images(frame[path_column], np.flatnonzero(one_hot), images_root, skips):
         label = classes[int(np.argmax(positive[index]))]
@@ -358,7 +338,7 @@ def load_chexpert(
     what = f"CheXpert labels (Path, Frontal/Lateral, {', '.join(tasks)})"
     frame = _read_table(csv_path, tasks + (["Frontal/Lateral"] if frontal_only else []), what)
     path_column = _path_column(frame, csv_path, what)
-    skips = _Skips()
+    skips = SkipLog()
     if frontal_only:
         views = frame["Frontal/Lateral"].str.strip()
         unknown = ~views.isin(["Frontal", "Lateral"])
@@ -438,10 +418,10 @@ def load_rsna_pneumonia(
         line = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"{csv_path}: line {line + 2} has patientId {ids.iat[line]!r} and Target "
                          f"{frame['Target'].iat[line]!r}; expected a patientId and Target 0 or 1")
-    skips = _Skips()
+    skips = SkipLog()
     repeated = frame[["patientId", "x", "y", "width", "height", "Target"]].apply(lambda c: c.str.strip()).duplicated()
-    skips.add("repeated label rows dropped", int(repeated.sum()),
-              f"line {int(np.flatnonzero(repeated.to_numpy())[0]) + 2}" if repeated.any() else None)
+    skips.skip("repeated label rows dropped", count=int(repeated.sum()),
+               example=f"line {int(np.flatnonzero(repeated.to_numpy())[0]) + 2}" if repeated.any() else None)
     boxes: dict[str, list] = {patient: [] for patient in ids}
     targets_of: dict[str, set] = {patient: set() for patient in ids}
     for line in np.flatnonzero(~repeated.to_numpy()):
@@ -458,8 +438,8 @@ def load_rsna_pneumonia(
                              "numbers with width and height > 0")
         boxes[patient].append(box)
     conflicting = sorted(patient for patient, targets in targets_of.items() if len(targets) > 1)
-    skips.add("patients with both Target 0 and Target 1 rows skipped", len(conflicting),
-              conflicting[0] if conflicting else None)
+    skips.skip("patients with both Target 0 and Target 1 rows skipped", count=len(conflicting),
+               example=conflicting[0] if conflicting else None)
     split_of = _mgca_split(list(boxes))
     images = _folder(root / images_dir, "RSNA images <patientId>.dcm")
     rows = []
@@ -468,11 +448,11 @@ def load_rsna_pneumonia(
             candidates = [resolve_inside(images, f"{patient}{suffix}", "patientId")
                           for suffix in (".dcm", ".png", ".jpg")]
         except ListedPathError as error:
-            skips.add("patientIds leading outside the images folder (not read)", example=str(error))
+            skips.skip("patientIds leading outside the images folder (not read)", example=str(error))
             continue
         image = next((candidate for candidate in candidates if candidate.is_file()), None)
         if image is None:
-            skips.add("listed images missing on disk", example=f"{patient}.dcm")
+            skips.skip("listed images missing on disk", example=f"{patient}.dcm")
             continue
         label = RSNA_CLASSES[1 in targets_of[patient]]
         rows.append(dict(id=patient, image=str(image), label=label, labels=[label], split=split_of[patient],
@@ -562,11 +542,11 @@ def load_siim_acr(
             listed_empty.add(image_id)
         else:
             masks[image_id].append(rle)
-    skips = _Skips()
-    skips.add("repeated label rows dropped", len(repeated), f"line {repeated[0]}" if repeated else None)
+    skips = SkipLog()
+    skips.skip("repeated label rows dropped", count=len(repeated), example=f"line {repeated[0]}" if repeated else None)
     conflicting = sorted(image_id for image_id in listed_empty if masks[image_id])
-    skips.add("images listed with both -1 and a mask skipped", len(conflicting),
-              conflicting[0] if conflicting else None)
+    skips.skip("images listed with both -1 and a mask skipped", count=len(conflicting),
+               example=conflicting[0] if conflicting else None)
     for image_id in conflicting:
         del masks[image_id]
     image_ids = sorted(masks)
@@ -576,7 +556,8 @@ def load_siim_acr(
     else:
         wanted = set(_read_ids(test_ids))
         unknown = sorted(wanted - set(ids))
-        skips.add(f"test ids not in {csv_path.name} ignored", len(unknown), unknown[0] if unknown else None)
+        skips.skip(f"test ids not in {csv_path.name} ignored", count=len(unknown),
+                   example=unknown[0] if unknown else None)
         if not wanted & set(masks):
             raise ValueError(f"none of the {len(wanted)} test ids is in {csv_path}")
         rest = [(i, l) for i, l in zip(image_ids, labels) if i not in wanted]
@@ -593,15 +574,15 @@ def load_siim_acr(
     rows = []
     for image_id, label in zip(image_ids, labels):
         if image_id not in found:
-            skips.add("listed images missing on disk", example=f"{image_id}.dcm")
+            skips.skip("listed images missing on disk", example=f"{image_id}.dcm")
             continue
         if len(found[image_id]) > 1:
-            skips.add("images found as two or more DICOM files skipped", example=f"{image_id}.dcm")
+            skips.skip("images found as two or more DICOM files skipped", example=f"{image_id}.dcm")
             continue
         try:
             image = resolve_inside(images_root, found[image_id][0].relative_to(images_root), "DICOM file")
         except ListedPathError as error:
-            skips.add("image files linking outside the images folder (not read)", example=str(error))
+            skips.skip("image files linking outside the images folder (not read)", example=str(error))
             continue
         rows.append(dict(id=image_id, image=str(image), label=label, labels=[label],
                          split=split_of[image_id], mask_rles=masks[image_id]))
@@ -634,17 +615,42 @@ def _rle_decode(rle: str, height: int, width: int) -> np.ndarray:
 
 
 class EvaluationSet(NamedTuple):
-    """A set's loader, its class names, and the built-in prompt set that goes with it."""
+    """One evaluation set: how it is read, what is measured on it, and where its synthetic twin lies."""
 
     loader: Callable[..., datasets.Dataset]
-    classes: tuple[str, ...]
-    prompt_set: str | None  # a key of egma_hf.zero_shot.BUILTIN_PROMPT_SETS, if the set has one
+    classes: tuple[str, ...]  # class names (single-label), tasks (multi-label) or the retrieval queries' classes
+    prompt_set: str | None  # the built-in prompt set over exactly `classes` (egma_hf.zero_shot.BUILTIN_PROMPT_SETS)
+    title: str  # the readable name in reports
+    task: str  # what zero-shot evaluation measures: "single_label", "multi_label" (AUROC per finding) or "retrieval"
+    zero_shot_prompts: str | None  # the default prompts of that zero-shot evaluation (None: retrieval)
+    synthetic: dict[str, str] | None  # the loader's path arguments in the synthetic evaluation tree, relative to it
+    linear_probe: bool  # whether the linear-probe protocol runs on it (it has train, validate and test images)
+
+    def synthetic_arguments(self, tree) -> dict[str, Path]:
+        """The loader's keyword arguments for this set's twin in `tree` (written by `make_synthetic_evaluation_sets`,
+        e.g. `cached_synthetic_evaluation_sets()`)."""
+        if self.synthetic is None:
+            raise ValueError(f"{self.title} has no twin in the synthetic evaluation tree")
+        return {name: Path(tree) / relative for name, relative in self.synthetic.items()}
 
 
+CHEXPERT_TWIN, RSNA_TWIN, SIIM_TWIN = "CheXpert-v1.0-small", "rsna-pneumonia", "siim-acr-pneumothorax"
 EVALUATION_SETS = {
-    "chexpert_5x200": EvaluationSet(load_chexpert_5x200, CHEXPERT_5X200_CLASSES, "chexpert_5x200"),
-    "chexpert_8x200": EvaluationSet(load_chexpert_8x200, CHEXPERT_8X200_CLASSES, "chexpert_8x200"),  # retrieval
-    "rsna": EvaluationSet(load_rsna_pneumonia, RSNA_CLASSES, "rsna"),
-    "siim": EvaluationSet(load_siim_acr, SIIM_CLASSES, "siim_acr"),
-    "chexpert": EvaluationSet(load_chexpert, CHEXPERT_COMPETITION_TASKS, None),  # linear probe
+    "chexpert_5x200": EvaluationSet(
+        load_chexpert_5x200, CHEXPERT_5X200_CLASSES, "chexpert_5x200", "CheXpert 5x200", "single_label",
+        "chexpert_5x200", {"csv_path": f"{CHEXPERT_TWIN}/chexpert_5x200.csv", "images_root": CHEXPERT_TWIN}, False),
+    "chexpert_8x200": EvaluationSet(
+        load_chexpert_8x200, CHEXPERT_8X200_CLASSES, "chexpert_8x200", "CheXpert 8x200", "retrieval", None,
+        {"csv_path": f"{CHEXPERT_TWIN}/chexpert_8x200.csv", "images_root": CHEXPERT_TWIN}, False),
+    "rsna": EvaluationSet(
+        load_rsna_pneumonia, RSNA_CLASSES, "rsna", "RSNA Pneumonia", "single_label", "rsna", {"root": RSNA_TWIN},
+        True),
+    "siim": EvaluationSet(  # the twin's test_ids.txt stands in for Saab et al.'s test subset
+        load_siim_acr, SIIM_CLASSES, "siim_acr", "SIIM-ACR Pneumothorax", "single_label", "siim_acr",
+        {"root": SIIM_TWIN, "test_ids": f"{SIIM_TWIN}/test_ids.txt"}, True),
+    "chexpert": EvaluationSet(  # zero-shot on valid.csv (CheXpert's test set); the linear probe reads the folder
+        load_chexpert, CHEXPERT_COMPETITION_TASKS, None, "CheXpert (official split)", "multi_label",
+        "chexpert_findings", {"csv_path": f"{CHEXPERT_TWIN}/valid.csv", "images_root": CHEXPERT_TWIN}, True),
+    "mimic_eye": EvaluationSet(  # the pre-training corpus; its twin is the synthetic MIMIC-EYE corpus
+        load_mimic_eye, (), None, "MIMIC-EYE", "multi_label", "chexpert_findings", None, False),
 }

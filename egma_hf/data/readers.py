@@ -104,30 +104,41 @@ class HeatmapSettings:
 
 
 class SkipLog:
-    """Counts what a load could not use, by reason, in how many readings, with up to three examples."""
+    """What a load could not use, counted by reason with up to three examples each, and what the caller chose to
+    leave out. A skip may name its reading: the summary then also says in how many readings the reason occurred.
+    Every reader (gaze sets and evaluation sets) keeps one and writes `summary()` into `dataset.info.description`.
+    """
 
-    def __init__(self, source: str):
+    def __init__(self, source: str | None = None):
         self.source = source
         self.counts: Counter = Counter()
         self.readings: dict[str, set] = defaultdict(set)
         self.examples: dict[str, list[str]] = defaultdict(list)
+        self.left_out: Counter = Counter()  # rows excluded by the caller's choice, not by a problem
 
-    def skip(self, reason: str, reading: str, count: int = 1, example: str | None = None):
+    def skip(self, reason: str, reading: str | None = None, count: int = 1, example: str | None = None):
         if count:
-            self.counts[reason] += count
-            self.readings[reason].add(reading)
+            self.counts[reason] += int(count)
+            if reading is not None:
+                self.readings[reason].add(reading)
             if example is not None and len(self.examples[reason]) < 3:
                 self.examples[reason].append(example)
 
+    def leave_out(self, reason: str, count: int):
+        if count:
+            self.left_out[reason] += int(count)
+
     def summary(self) -> str:
-        if not self.counts:
-            return f"{self.source}: nothing skipped"
+        """One line, e.g. `EGD-CXR: skipped: 2 <reason> in 2 readings (e.g. a; b); left out: 3 <reason>`."""
         parts = []
-        for reason, n in sorted(self.counts.items()):
+        for reason, count in sorted(self.counts.items()):
             examples = self.examples.get(reason)
-            parts.append(f"{n} {reason} in {len(self.readings[reason])} readings"
-                         + (f" (e.g. {'; '.join(examples)})" if examples else ""))
-        return f"{self.source}: " + "; ".join(parts)
+            parts.append(f"{count} {reason}" + (f" in {len(self.readings[reason])} readings" if reason in self.readings
+                                                else "") + (f" (e.g. {'; '.join(examples)})" if examples else ""))
+        text = "skipped: " + "; ".join(parts) if parts else "nothing skipped"
+        if self.left_out:
+            text += "; left out: " + "; ".join(f"{count} {reason}" for reason, count in sorted(self.left_out.items()))
+        return text if self.source is None else f"{self.source}: {text}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

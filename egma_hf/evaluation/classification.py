@@ -1,49 +1,24 @@
-"""Evaluating EGMA's global embeddings: zero-shot classification, retrieval and their metrics with bootstrap
-confidence intervals. Classes and labels always meet by name.
+"""Zero-shot classification scored against labels, with bootstrap intervals. Classes and labels always meet by name.
 
-- `embed_images`: batched, normalised image embeddings.
 - `evaluate_single_label` / `evaluate_multi_label`: metrics of a `ZeroShotClassifier` (or any class scores) on
   labelled images; a constant predictor is flagged and compared with the majority-class baseline.
-- `zero_shot_auroc`: per-finding AUROC of positive-vs-negative prompt scores (used for model selection in
-  pre-training).
-- `retrieval_metrics`: the paper's Precision@K in both directions (Sec. 5.1), and Recall@K.
+- `zero_shot_auroc`: per-finding AUROC of positive-vs-negative prompt scores (model selection in pre-training).
+- `score_zero_shot`: a classifier on image embeddings, scored by the right one of the two, with ROC curve inputs.
+- `read_class_prompts`: a built-in prompt set name or a JSON file, checked against the task before any work.
 """
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from .data.images import load_image
-from .metrics import accuracy, bootstrap_ci, confusion_matrix, macro_f1, precision_at_k, recall_at_k, roc_auc
-from .zero_shot import ZeroShotClassifier, check_positive_int, embed_pixel_values
-
-
-def image_file_batches(image_processor, paths, batch_size: int = 32):
-    """Image files (PNG, JPG or DICOM) -> batches of pixel_values (B, 3, S, S) for `embed_images`, decoded one
-    batch at a time. A file that cannot be decoded raises ValueError naming it."""
-    check_positive_int(batch_size, "batch_size")
-    for start in range(0, len(paths), batch_size):
-        images = []
-        for path in paths[start : start + batch_size]:
-            try:
-                images.append(load_image(path))
-            except Exception as error:  # noqa: BLE001 - any decoder failure, reported with the file
-                raise ValueError(f"cannot decode {path}: {type(error).__name__}: {error}") from error
-        yield image_processor(images=images, return_tensors="pt")["pixel_values"]
+from ..zero_shot import ZeroShotClassifier, check_positive_int, resolve_class_prompts
+from .embedding import embed_images
+from .metrics import accuracy, bootstrap_ci, column_aurocs, confusion_matrix, macro_f1, roc_auc
 
 
-@torch.no_grad()
-def embed_images(model, image_batches) -> torch.Tensor:
-    """Iterable of pixel_values (B, 3, S, S) -> (N, D) L2-normalised global image embeddings (model in eval mode)."""
-    model.eval()
-    chunks = [embed_pixel_values(model, pixels) for pixels in image_batches]
-    if not chunks:
-        raise ValueError("no images to embed")
-    return torch.cat(chunks)
-
-
-def _check_labels(labels, class_names, multi_label: bool) -> dict[str, int]:
+def check_labels(labels, class_names, multi_label: bool) -> dict[str, int]:
     """Single-label: one class name per image, every one a class. Multi-label: one list of finding names per image;
     findings outside the prompt set are not scored, and their counts are returned so the caller reports them."""
     if isinstance(labels, str) or not hasattr(labels, "__len__"):
@@ -71,6 +46,13 @@ def _check_labels(labels, class_names, multi_label: bool) -> dict[str, int]:
                          "(classes are matched by name; rename the labels or the classes)")
 
 
+def class_targets(labels, class_names, multi_label: bool) -> np.ndarray:
+    """(N, C) bool: is image n of class c (single-label: labels[n] == c; multi-label: c in labels[n])."""
+    if multi_label:
+        return np.array([[name in row for name in class_names] for row in labels], bool).reshape(-1, len(class_names))
+    return np.asarray(labels, dtype=object)[:, None] == np.asarray(class_names, dtype=object)[None, :]
+
+
 def _check_class_names(class_names) -> list:
     class_names = list(class_names)
     if len(class_names) == 0 or len(set(class_names)) != len(class_names):
@@ -91,15 +73,6 @@ def _check_scores(class_names, probabilities, num_images: int, num_bootstrap, wh
     return probabilities
 
 
-def _auroc_undefined(truth: np.ndarray, absent: str, everywhere: str) -> str | None:
-    """Why AUROC is undefined for these binary labels, or None when it is defined."""
-    if not truth.any():
-        return absent
-    if truth.all():
-        return everywhere
-    return None
-
-
 def evaluate_single_label(class_names, probabilities, labels, num_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Accuracy, macro-F1 (with 95% bootstrap intervals), one-vs-rest AUROC per class and a confusion matrix.
 
@@ -114,21 +87,15 @@ def evaluate_single_label(class_names, probabilities, labels, num_bootstrap: int
     """
     class_names = _check_class_names(class_names)
     labels = np.asarray(labels, dtype=object) if not isinstance(labels, str) else labels
-    _check_labels(labels, class_names, multi_label=False)
+    check_labels(labels, class_names, multi_label=False)
     probabilities = _check_scores(class_names, probabilities, len(labels), num_bootstrap, "classes")
     predictions = np.asarray(class_names, dtype=object)[probabilities.argmax(1)]
     f1 = lambda truth, predicted: macro_f1(truth, predicted, labels=class_names)  # noqa: E731
     predicted_counts = Counter(predictions.tolist())
     majority = Counter(labels.tolist()).most_common(1)[0][0]
     constant = np.full(len(labels), majority, dtype=object)
-    auroc, undefined = {}, {}
-    for column, name in enumerate(class_names):
-        truth = labels == name
-        reason = _auroc_undefined(truth, "no image of this class", "every image is of this class")
-        if reason is None:
-            auroc[name] = roc_auc(truth, probabilities[:, column])
-        else:
-            undefined[name] = reason
+    auroc, undefined = column_aurocs(class_targets(labels, class_names, False), probabilities, class_names,
+                                     absent="no image of this class", everywhere="every image is of this class")
     result = {
         "num_images": len(labels),
         "class_counts": {name: int(np.sum(labels == name)) for name in class_names},
@@ -154,23 +121,20 @@ def evaluate_multi_label(class_names, probabilities, labels, num_bootstrap: int 
     reason per finding under "skipped_reasons"), and label names outside `class_names` are counted under
     "labels_not_scored". When no finding has an AUROC, "mean_auroc" is None and "mean_auroc_undefined" says why."""
     class_names = _check_class_names(class_names)
-    not_scored = _check_labels(labels, class_names, multi_label=True)
+    not_scored = check_labels(labels, class_names, multi_label=True)
     probabilities = _check_scores(class_names, probabilities, len(labels), num_bootstrap, "findings")
-    auroc, skipped, reasons = {}, [], {}
-    for column, name in enumerate(class_names):
-        truth = np.array([name in row for row in labels])
-        reason = _auroc_undefined(truth, "no positive image", "every image is positive")
-        if reason is not None:
-            skipped.append(name)
-            reasons[name] = reason
-            continue
-        auroc[name] = bootstrap_ci(roc_auc, truth, probabilities[:, column], num_samples=num_bootstrap, seed=seed)
+    targets = class_targets(labels, class_names, True)
+    def interval(truth, scores):
+        return bootstrap_ci(roc_auc, truth, scores, num_samples=num_bootstrap, seed=seed)
+
+    auroc, reasons = column_aurocs(targets, probabilities, class_names, interval, absent="no positive image",
+                                   everywhere="every image is positive")
     result = {
         "num_images": len(labels),
-        "positive_counts": {name: int(sum(name in row for row in labels)) for name in class_names},
+        "positive_counts": {name: int(count) for name, count in zip(class_names, targets.sum(0))},
         "auroc": auroc,
         "mean_auroc": float(np.mean([value["value"] for value in auroc.values()])) if auroc else None,
-        "skipped": skipped,
+        "skipped": list(reasons),
         "skipped_reasons": reasons,
         "labels_not_scored": not_scored,
     }
@@ -188,89 +152,52 @@ def zero_shot_auroc(model, tokenizer, image_batches, labels: list[list[str]], cl
     classifier = ZeroShotClassifier.from_prompts(model, tokenizer, class_prompts, ensemble="mean")
     if not classifier.multi_label:
         raise ValueError("zero_shot_auroc needs (positive, negative) prompt pairs per finding")
-    _check_labels(labels, classifier.class_names, multi_label=True)
+    check_labels(labels, classifier.class_names, multi_label=True)
     image_embeds = embed_images(model, image_batches)
     if len(image_embeds) != len(labels):
         raise ValueError(f"{len(image_embeds)} images but {len(labels)} label lists")
     if len(labels) == 0:
         raise ValueError("the evaluation set is empty")
     scores = classifier.logits(image_embeds).cpu().numpy()
-    auroc = {}
-    for column, name in enumerate(classifier.class_names):
-        truth = np.array([name in row for row in labels])
-        if truth.any() and not truth.all():
-            auroc[name] = roc_auc(truth, scores[:, column])
+    targets = class_targets(labels, classifier.class_names, multi_label=True)
+    auroc, _ = column_aurocs(targets, scores, classifier.class_names)
     if not auroc:
         raise ValueError("no finding has both positive and negative images")
     return {"auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))), "num_images": len(labels)}
 
 
-def check_ks(ks) -> list[int]:
-    """Retrieval cut-offs: a non-empty list of distinct whole numbers >= 1."""
-    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
-        raise ValueError(f"ks must be a list of cut-offs (whole numbers >= 1), got {ks!r}")
-    ks = [check_positive_int(k, "each k in ks") for k in ks]
-    if not ks or len(set(ks)) != len(ks):
-        raise ValueError(f"ks must be a non-empty list of distinct cut-offs, got {ks}")
-    return ks
+def score_zero_shot(classifier: ZeroShotClassifier, image_embeds, labels, num_bootstrap: int = 1000,
+                    seed: int = 0) -> tuple[dict, dict]:
+    """`classifier` on (N, D) image embeddings, scored by `evaluate_multi_label` or `evaluate_single_label` as it
+    is multi-label or not. Returns (the result, {class: (truth (N,), scores (N,))} for each class with an AUROC,
+    e.g. for `plot_roc_curves`)."""
+    probabilities = classifier.probabilities(image_embeds).cpu().numpy()
+    evaluate = evaluate_multi_label if classifier.multi_label else evaluate_single_label
+    result = evaluate(classifier.class_names, probabilities, labels, num_bootstrap, seed)
+    targets = class_targets(labels, classifier.class_names, classifier.multi_label)
+    curves = {name: (targets[:, column], probabilities[:, column])
+              for column, name in enumerate(classifier.class_names) if name in result["auroc"]}
+    return result, curves
 
 
-def _embeddings(embeds, labels, name: str) -> tuple[torch.Tensor, np.ndarray]:
-    embeds = torch.as_tensor(embeds)
-    if embeds.ndim != 2:
-        raise ValueError(f"{name}_embeds must be ({name}s, dim), got shape {tuple(embeds.shape)}")
-    labels = np.asarray(labels, dtype=object)
-    if labels.shape != (len(embeds),):
-        raise ValueError(f"{name}_labels must hold one label per {name} embedding: {len(embeds)} embeddings, "
-                         f"labels of shape {labels.shape}")
-    if len(embeds) == 0:
-        raise ValueError(f"no {name} embeddings")
-    return embeds, labels
-
-
-def retrieval_metrics(image_embeds, image_labels, text_embeds, text_labels, ks=(1, 5, 10),
-                      num_bootstrap: int | None = None, seed: int = 0) -> dict:
-    """Precision@K (the paper's metric, Sec. 5.1) and Recall@K in both directions; an image's relevant texts are
-    those of its class, and vice versa.
-
-    Skipped and counted, per direction: a k larger than the number of candidates (`"skipped_ks"`, k -> reason), and
-    queries with no candidate of their class (`"skipped_queries"`: count and reason), for which nothing can be
-    retrieved. With `num_bootstrap`, every value is a `bootstrap_ci` interval over the queries instead of a float.
-
-    Returns {"i2t": {"precision": {k: v}, "recall": {k: v}, ...}, "t2i": {...}}.
-    """
-    ks = check_ks(ks)
-    if num_bootstrap is not None:
-        check_positive_int(num_bootstrap, "num_bootstrap")
-    image_embeds, image_labels = _embeddings(image_embeds, image_labels, "image")
-    text_embeds, text_labels = _embeddings(text_embeds, text_labels, "text")
-    if image_embeds.shape[1] != text_embeds.shape[1]:
-        raise ValueError(f"image and text embeddings differ in width: {image_embeds.shape[1]} and "
-                         f"{text_embeds.shape[1]}")
-    scores = (image_embeds.float() @ text_embeds.float().t()).cpu().numpy()
-    relevant = image_labels[:, None] == text_labels[None, :]
-    result = {}
-    for direction, (s, r) in {"i2t": (scores, relevant), "t2i": (scores.T, relevant.T)}.items():
-        candidates = "texts" if direction == "i2t" else "images"
-        answerable = r.any(1)
-        s, r = s[answerable], r[answerable]
-        entry = {"precision": {}, "recall": {}}
-        if not answerable.all():
-            entry["skipped_queries"] = {"count": int((~answerable).sum()),
-                                        "reason": f"no {candidates[:-1]} of the query's class among the candidates"}
-        if not answerable.any():
-            raise ValueError(f"{direction}: no query has a candidate of its class (image labels "
-                             f"{sorted(set(image_labels.tolist()), key=str)[:8]}, text labels "
-                             f"{sorted(set(text_labels.tolist()), key=str)[:8]})")
-        too_large = {k: f"k exceeds the {s.shape[1]} candidate {candidates}" for k in ks if k > s.shape[1]}
-        if too_large:
-            entry["skipped_ks"] = too_large
-        for kind, metric in (("precision", precision_at_k), ("recall", recall_at_k)):
-            for k in (k for k in ks if k not in too_large):
-                if num_bootstrap is None:
-                    entry[kind][k] = metric(s, r, k)
-                else:
-                    entry[kind][k] = bootstrap_ci(lambda s_, r_, k=k, metric=metric: metric(s_, r_, k), s, r,
-                                                  num_samples=num_bootstrap, seed=seed)
-        result[direction] = entry
-    return result
+def read_class_prompts(name: str, multi_label: bool, dataset: str):
+    """A built-in prompt set name, or a JSON file {class: prompts} (or {finding: [positives, negatives]}), checked
+    and fitted to the task: prompt pairs for a multi-label set, one prompt list per class otherwise. ValueError
+    naming `name` (and `dataset`) when it cannot be used."""
+    prompts = name
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        try:
+            prompts = json.loads(path.read_text())
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+    try:
+        _, negatives = resolve_class_prompts(prompts)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    if (negatives is not None) != multi_label:
+        needed = "(positive, negative) prompt pairs per finding" if multi_label else "one prompt list per class"
+        raise ValueError(f"{name} does not fit {dataset}: it needs {needed}")
+    return prompts
