@@ -8,16 +8,13 @@ waiting for the data loader (target < 10%).
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import pretrain  # noqa: E402
-
-from egma_hf.data import EGMADataCollator, prepare_for_training  # noqa: E402
+from egma_hf.data import EGMADataCollator, prepare_for_training
+from egma_hf.training import LOSS_PRESETS, TrainingSettings, build_model_and_processor, load_readings
 
 
 def measure(model, loader, steps: int, weights: dict) -> dict:
@@ -55,10 +52,10 @@ def main():
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--cache_dir", default=None)
     options = parser.parse_args()
-    args = pretrain.parse_args([] if options.cache_dir is None else ["--cache_dir", options.cache_dir])
-    readings, source = pretrain.load_readings(args)
+    settings = TrainingSettings() if options.cache_dir is None else TrainingSettings(cache_dir=options.cache_dir)
+    readings, source = load_readings(settings)
     train = readings.filter(lambda split: split == "train", input_columns="split")
-    model, processor = pretrain.build_model_and_processor(args, train, Path(args.cache_dir) / "benchmark-work")
+    model, processor = build_model_and_processor(settings, train, Path(settings.cache_dir) / "benchmark-work")
     prepared = prepare_for_training(train, processor.image_processor)
     loader = torch.utils.data.DataLoader(prepared, batch_size=options.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=EGMADataCollator(processor), num_workers=options.num_workers)
@@ -75,7 +72,7 @@ def main():
 
 
 def pretrain_weights(global_only: bool) -> dict:
-    mlce, fine, egm = (0.0, 0.0, 0.0) if global_only else pretrain.LOSS_PRESETS["egma"]
+    mlce, fine, egm = (0.0, 0.0, 0.0) if global_only else LOSS_PRESETS["egma"]
     return dict(global_loss_weight=1.0, mlce_loss_weight=mlce, fine_grained_loss_weight=fine, egm_loss_weight=egm)
 
 

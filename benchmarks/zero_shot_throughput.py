@@ -42,7 +42,6 @@ Measured figures and their discussion: docs/benchmarks.md (Zero-shot inference).
 """
 
 import argparse
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -66,6 +65,7 @@ from transformers.image_utils import load_image
 
 from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel
 from egma_hf.prompts import chexpert_5x200_prompts
+from egma_hf.training import build_tokenizer
 from egma_hf.zero_shot import ZeroShotClassifier, embed_pixel_values
 
 # Tower sizes shared by both models: (hidden, layers, heads, MLP width) per tower.
@@ -79,7 +79,6 @@ SIZES = {
 # The standard pipeline takes one prompt per class: the CheXpert competition findings.
 CANDIDATE_LABELS = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion"]
 HYPOTHESIS_TEMPLATE = "a chest x-ray showing {}."
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 QUICK_SWIN = dict(model_type="swin", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
                   window_size=4)
 QUICK_BERT = dict(model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -90,10 +89,8 @@ def make_tokenizer(class_prompts, token_type_ids: bool = True) -> BertTokenizerF
     """A WordPiece tokenizer whose vocabulary holds every word of the benchmark's prompts (no download)."""
     texts = [p for prompts in class_prompts.values() for p in prompts]
     texts += [HYPOTHESIS_TEMPLATE.format(label) for label in CANDIDATE_LABELS]
-    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())})
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + words)}
     names = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids else ["input_ids", "attention_mask"]
-    return BertTokenizerFast(vocab=vocab, model_input_names=names)
+    return build_tokenizer(texts, characters=False, model_input_names=names)
 
 
 def tower_kwargs(dims):

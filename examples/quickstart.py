@@ -12,9 +12,10 @@ import argparse
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BertTokenizerFast, pipeline
+from transformers import pipeline
 
 from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
+from egma_hf.training import build_tokenizer
 
 FINDINGS = {  # finding -> (sentence, blob centre as fractions of (row, column))
     "left opacity": ("There is an opacity in the left lung.", (0.55, 0.72)),
@@ -22,7 +23,6 @@ FINDINGS = {  # finding -> (sentence, blob centre as fractions of (row, column))
     "enlarged heart": ("The heart is enlarged.", (0.70, 0.50)),
 }
 NORMAL_SENTENCE = "The bones are intact."
-WORDS = sorted({w for text in [s for s, _ in FINDINGS.values()] + [NORMAL_SENTENCE] for w in text.lower().replace(".", " .").split()})
 
 
 def toy_sample(rng, finding, size=64):
@@ -43,8 +43,7 @@ def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(specials + WORDS)})
+    tokenizer = build_tokenizer([s for s, _ in FINDINGS.values()] + [NORMAL_SENTENCE], characters=False)
     config = EGMAConfig(
         vision_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=24, depths=[1, 1, 1],
                            num_heads=[2, 2, 4], window_size=4),

@@ -14,6 +14,7 @@ import torch
 from transformers import BertTokenizerFast
 
 from egma_hf import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
+from egma_hf.training import build_tokenizer
 
 WORDS = (
     "the heart size is normal no focal consolidation pleural effusion pneumothorax lungs are clear there "
@@ -48,9 +49,8 @@ def pytest_configure(config):
 
 
 def make_tokenizer() -> BertTokenizerFast:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: index for index, token in enumerate(specials + WORDS)}
-    return BertTokenizerFast(vocab=vocab)
+    """The special tokens and WORDS: TINY_BERT's vocabulary."""
+    return build_tokenizer([" ".join(WORDS)], characters=False)
 
 
 def tiny_config(**overrides) -> EGMAConfig:

@@ -1,4 +1,5 @@
-"""examples/ablation.py: the quick ablation writes a consistent table, JSON and plot, and a second call resumes."""
+"""egma_hf.training.ablation and examples/ablation.py: the planner and summary, and the quick ablation writes a
+consistent table, JSON and plot, and a second call resumes."""
 
 import json
 import os
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from egma_hf.training import ablation
+from tests.conftest import load_example
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "ablation.py"
-sys.path.insert(0, str(REPO / "examples"))
-
-import ablation  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
 
@@ -166,10 +167,11 @@ def test_quick_ablation_writes_table_json_and_plot(quick):
 
 def test_changed_settings_or_owned_flags_are_refused(quick, capsys):
     out, args, _ = quick
+    script = load_example("ablation")
     with pytest.raises(SystemExit, match=r"trained with other settings \(\['max_steps'\]\)"):
-        ablation.main([*args, "--max_steps", "3"])
+        script.main([*args, "--max_steps", "3"])
     with pytest.raises(SystemExit):
-        ablation.main([*args, "--losses", "egm"])
+        script.main([*args, "--losses", "egm"])
     assert "set by the ablation itself" in capsys.readouterr().err
 
 

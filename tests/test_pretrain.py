@@ -1,5 +1,7 @@
-"""examples/pretrain.py end to end: a tiny run, exact resume after SIGKILL, two real processes, bad settings."""
+"""examples/pretrain.py end to end (a tiny run, exact resume after SIGKILL, two real processes) and
+egma_hf.training's settings and loop in-process (bad settings, config files, loss presets, a NaN loss)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from egma_hf.training import TrainingSettings, build_model_and_processor, train
 from tests.conftest import start_and_kill_when
 
 pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
@@ -99,41 +102,35 @@ def test_two_processes_report_the_global_batch(tmp_path, cache):
     ],
 )
 def test_bad_settings_stop_before_training(tmp_path, args, message):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import pretrain
-
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
-        pretrain.main([*args, "--output_dir", str(tmp_path / "out")])
+        train(TrainingSettings.from_args([*args, "--output_dir", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
 
 
 def test_output_dir_of_a_different_run_is_refused(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import pretrain
-
     out = tmp_path / "out"
     out.mkdir()
-    (out / "training_config.json").write_text(json.dumps({**vars(pretrain.parse_args([])), "lr": 1.0}))
+    # written by an older version: max_steps_this_run is no setting any more, and does not count as a difference
+    previous = {**dataclasses.asdict(TrainingSettings()), "lr": 1.0, "max_steps_this_run": None}
+    (out / "training_config.json").write_text(json.dumps(previous))
     with pytest.raises(SystemExit, match=r"holds a different run \(settings differ: \['lr', 'output_dir'\]\)"):
-        pretrain.main(["--output_dir", str(out)])
+        train(TrainingSettings(output_dir=str(out)))
     (out / "training_config.json").unlink()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty and holds no run"):
-        pretrain.main(["--output_dir", str(out)])
+        train(TrainingSettings(output_dir=str(out)))
 
 
 def test_config_file_equals_flags(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import pretrain
-
     (tmp_path / "run.yaml").write_text("lr: 0.0005\nlosses: egf\ngaze_fraction: 0.1\n")
-    from_file = pretrain.parse_args(["--config", str(tmp_path / "run.yaml")])
-    from_flags = pretrain.parse_args(["--lr", "0.0005", "--losses", "egf", "--gaze_fraction", "0.1"])
-    assert {k: v for k, v in vars(from_file).items() if k != "config"} == {k: v for k, v in vars(from_flags).items() if k != "config"}
-    assert pretrain.parse_args(["--config", str(tmp_path / "run.yaml"), "--lr", "0.01"]).lr == 0.01
+    from_file = TrainingSettings.from_args(["--config", str(tmp_path / "run.yaml")])
+    from_flags = TrainingSettings.from_args(["--lr", "0.0005", "--losses", "egf", "--gaze_fraction", "0.1"])
+    assert dataclasses.replace(from_file, config=None) == from_flags
+    assert from_flags == TrainingSettings(lr=0.0005, losses="egf", gaze_fraction=0.1)  # flags and Python agree
+    assert TrainingSettings.from_args(["--config", str(tmp_path / "run.yaml"), "--lr", "0.01"]).lr == 0.01
     (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
     with pytest.raises(SystemExit):
-        pretrain.parse_args(["--config", str(tmp_path / "bad.yaml")])
+        TrainingSettings.from_args(["--config", str(tmp_path / "bad.yaml")])
 
 
 @pytest.mark.parametrize("preset,expected", [
@@ -143,12 +140,9 @@ def test_config_file_equals_flags(tmp_path):
 def test_loss_presets_set_the_ablation_weights(tmp_path, preset, expected):
     import datasets
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    import pretrain
-
-    args = pretrain.parse_args(["--losses", preset])
-    train = datasets.Dataset.from_dict({"report": ["No effusion. Small left opacity."]})
-    model, _ = pretrain.build_model_and_processor(args, train, tmp_path)
+    settings = TrainingSettings.from_args(["--losses", preset])
+    readings = datasets.Dataset.from_dict({"report": ["No effusion. Small left opacity."]})
+    model, _ = build_model_and_processor(settings, readings, tmp_path)
     config = model.config
     assert (config.global_loss_weight, config.mlce_loss_weight, config.fine_grained_loss_weight,
             config.egm_loss_weight) == expected
@@ -160,9 +154,6 @@ def test_gaze_fraction_zero_trains_without_gaze(tmp_path, cache):
 
 
 def test_a_non_finite_loss_stops_the_run_and_names_the_batch(tmp_path, cache, monkeypatch):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import pretrain
-
     from egma_hf.losses import EGMALoss
 
     original = EGMALoss.__call__
@@ -174,7 +165,7 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_batch(tmp_path, cache, mo
 
     monkeypatch.setattr(EGMALoss, "__call__", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 on readings \[.+\]: \{'loss': nan"):
-        pretrain.main([*TINY, "--output_dir", str(tmp_path / "nan"), "--cache_dir", cache])
+        train(TrainingSettings.from_args([*TINY, "--output_dir", str(tmp_path / "nan"), "--cache_dir", cache]))
 
 
 def test_bf16_run_logs_to_tensorboard(tmp_path, cache):
@@ -216,3 +207,33 @@ def test_pretrained_towers_continued_pretraining_and_a_real_data_root(tmp_path, 
     continued = EGMAModel.from_pretrained(second)
     assert continued.config.egm_loss_weight == 0.0 and continued.config.mlce_loss_weight == 1.0
     assert not torch.equal(continued.visual_projection.weight, trained.visual_projection.weight)
+
+
+def test_a_callers_accelerator_must_accumulate_as_the_settings_say(tmp_path):
+    from egma_hf.training import make_accelerator
+
+    settings = TrainingSettings(gradient_accumulation_steps=2, output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"accumulates gradients over 1 steps and the settings' "
+                                         r"gradient_accumulation_steps is 2"):
+        train(settings, make_accelerator(gradient_accumulation_steps=1))
+    assert not (tmp_path / "out").exists()
+
+
+def test_stop_after_steps_then_resume_on_the_callers_accelerator(tmp_path, cache):
+    """Two train() calls on one Accelerator: the first stops as a crash would, the second resumes and finishes, and
+    saves only its own prepared objects."""
+    from egma_hf.training import list_checkpoints, make_accelerator
+
+    accelerator = make_accelerator(num_threads=1)
+    settings = TrainingSettings.from_args([*TINY, "--output_dir", str(tmp_path / "run"), "--cache_dir", cache])
+    stopped = train(settings, accelerator, stop_after_steps=2)
+    assert (stopped.steps, stopped.stopped_early, stopped.test) == (2, True, None)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+    done = train(dataclasses.replace(settings, resume="latest"), accelerator)
+    assert (done.steps, done.stopped_early) == (6, False) and done.best_step in (3, 6)
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert done.test["mean_auroc"] == results["test"]["mean_auroc"] and done.best_step == results["best_step"]
+    # the checkpoints of the second call hold its model and optimiser only, not the first call's as well
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "step_0000006").glob("*_1.*")) == []

@@ -2,6 +2,7 @@
 error before any work, a corrupt checkpoint skipped with a warning or named in an error, never a hang, a deleted
 input or NaN in a result."""
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from egma_hf import EGMAImageProcessor, EGMAModel, EGMAProcessor
-from egma_hf.metrics import roc_auc
+from egma_hf.evaluation import linear_probe
+from egma_hf.evaluation.metrics import roc_auc
+from egma_hf.evaluation.reports import percent_cell
+from egma_hf.training import (
+    TrainingSettings, check_splits, checkpoint_problem, list_checkpoints, resume_checkpoint, save_checkpoint, train,
+)
 from tests.conftest import (
     GRID, IMAGE_SIZE, TINY_BERT, load_example, make_tokenizer, start_and_kill_when, tiny_config,
 )
@@ -29,7 +35,6 @@ PRETRAIN = REPO / "examples" / "pretrain.py"
 TINY = ["--synthetic_samples", "48", "--batch_size", "8", "--epochs", "2", "--eval_every", "3",
         "--checkpoint_every", "2", "--warmup_steps", "2", "--num_threads", "1"]
 
-pretrain = load_example("pretrain")
 finetune = load_example("finetune_classification")
 ablation = load_example("ablation")
 
@@ -55,10 +60,10 @@ def bert_dir(tmp_path_factory):
 
 
 def refused_before_any_work(argv, message, tmp_path):
-    """pretrain.main(argv) stops with `message` (a regular expression) and has written nothing."""
+    """Training with the settings of `argv` stops with `message` (a regular expression) and has written nothing."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     with pytest.raises(SystemExit, match=message):
-        pretrain.main([*argv, "--output_dir", str(out), "--cache_dir", str(cache)])
+        train(TrainingSettings.from_args([*argv, "--output_dir", str(out), "--cache_dir", str(cache)]))
     assert not out.exists() and not cache.exists()
 
 
@@ -138,14 +143,14 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_a_config_file_with_an_empty_mapping_sets_nothing(tmp_path):
     (tmp_path / "none.json").write_text("{}")
-    assert vars(pretrain.parse_args(["--config", str(tmp_path / "none.json")])) == {
-        **vars(pretrain.parse_args([])), "config": str(tmp_path / "none.json")}
+    assert dataclasses.asdict(TrainingSettings.from_args(["--config", str(tmp_path / "none.json")])) == {
+        **dataclasses.asdict(TrainingSettings.from_args([])), "config": str(tmp_path / "none.json")}
 
 
 def test_config_file_settings_are_typed_like_flags_and_flags_win(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 3\nlr: 1e-4\nactivation_checkpointing: true\nmax_steps: null\n")
-    args = pretrain.parse_args(["--config", str(config), "--epochs", "5"])
+    args = TrainingSettings.from_args(["--config", str(config), "--epochs", "5"])
     assert (args.epochs, args.lr, args.activation_checkpointing, args.max_steps) == (5, 1e-4, True, None)
     assert isinstance(args.lr, float)
 
@@ -162,8 +167,8 @@ def test_output_dir_sharing_an_input_is_refused_and_the_input_kept(tmp_path, egm
     before = files_in(tmp_path / "inputs")
     output = {"is": source, "is inside": source / "run", "contains": source.parent}[relation]
     with pytest.raises(SystemExit, match=re.escape(f"--output_dir {output} {relation} {flag} {source}")):
-        pretrain.main([flag, str(source), "--output_dir", str(output), "--overwrite_output_dir",
-                       "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings.from_args([flag, str(source), "--output_dir", str(output), "--overwrite_output_dir",
+                                          "--cache_dir", str(tmp_path / "cache")]))
     assert files_in(tmp_path / "inputs") == before  # nothing deleted, nothing written
 
 
@@ -172,8 +177,8 @@ def test_output_dir_holding_the_config_file_is_refused(tmp_path):
     config.parent.mkdir()
     config.write_text("lr: 0.001\n")
     with pytest.raises(SystemExit, match=re.escape(f"--output_dir {config.parent} contains --config {config}")):
-        pretrain.main(["--config", str(config), "--output_dir", str(config.parent), "--overwrite_output_dir",
-                       "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings.from_args(["--config", str(config), "--output_dir", str(config.parent),
+                                          "--overwrite_output_dir", "--cache_dir", str(tmp_path / "cache")]))
     assert config.read_text() == "lr: 0.001\n"
 
 
@@ -183,7 +188,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_previous_run(tmp_path):
     (folder / "chapter1.tex").write_text("mine")
     (folder / "training_config.json").write_text('{"not": "a pretrain.py run"}')
     with pytest.raises(SystemExit, match="is not empty and holds no run of this script .*; refusing to delete it"):
-        pretrain.main(["--output_dir", str(folder), "--overwrite_output_dir", "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings(output_dir=str(folder), overwrite_output_dir=True, cache_dir=str(tmp_path / "cache")))
     assert (folder / "chapter1.tex").read_text() == "mine"
 
 
@@ -193,19 +198,19 @@ def test_a_corrupt_run_settings_file_is_not_a_raw_json_error(tmp_path):
     (folder / "training_config.json").write_text('{"losses": "egma", "output_')  # half written
     refused = "is not empty and holds no run of this script \\(no readable training_config.json\\)"
     with pytest.raises(SystemExit, match=refused):
-        pretrain.main(["--output_dir", str(folder), "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings(output_dir=str(folder), cache_dir=str(tmp_path / "cache")))
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("")
     with pytest.raises(SystemExit, match="--output_dir .*out is a file, not a folder"):
-        pretrain.main(["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
 
 
 def test_output_dir_whose_name_cannot_name_the_model_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"--output_dir .*run 1: its name names the model in the model card written "
                                          r"there, and repo_id 'run 1' is not a valid Hub id"):
-        pretrain.main(["--output_dir", str(tmp_path / "run 1"), "--cache_dir", str(tmp_path / "cache")])
+        train(TrainingSettings(output_dir=str(tmp_path / "run 1"), cache_dir=str(tmp_path / "cache")))
     assert not (tmp_path / "run 1").exists() and not (tmp_path / "cache").exists()
 
 
@@ -231,11 +236,11 @@ def readings(train: int, validate_labels=None, test_labels=None) -> dict:
 def test_a_batch_larger_than_the_training_set_is_refused():
     splits = readings(30)
     with pytest.raises(SystemExit, match=r"--batch_size 64 needs at least 64 training readings, and data has 30"):
-        pretrain.check_splits(splits, "data", batch_size=64, num_processes=1)
+        check_splits(splits, "data", batch_size=64, num_processes=1)
     with pytest.raises(SystemExit, match=r"--batch_size 16 per process x 2 processes needs at least 32 training "
                                          r"readings, and data has 30: lower --batch_size or use fewer processes"):
-        pretrain.check_splits(splits, "data", batch_size=16, num_processes=2)
-    pretrain.check_splits(splits, "data", batch_size=15, num_processes=2)  # one batch each: trains
+        check_splits(splits, "data", batch_size=16, num_processes=2)
+    check_splits(splits, "data", batch_size=15, num_processes=2)  # one batch each: trains
 
 
 @pytest.mark.parametrize("split", ["validate", "test"])
@@ -244,10 +249,10 @@ def test_a_split_too_small_to_score_is_refused(split, caplog):
     scoring[f"{split}_labels"] = [["Edema"]]  # one reading: no finding has a positive and a negative
     with pytest.raises(SystemExit, match=rf"data: the {split} split \(1 reading\) cannot be scored: zero-shot AUROC "
                                          r"needs a finding of \['Cardiomegaly', 'Edema', .*both positive and negative"):
-        pretrain.check_splits(readings(30, **scoring), "data", batch_size=8, num_processes=1)
+        check_splits(readings(30, **scoring), "data", batch_size=8, num_processes=1)
     scoring[f"{split}_labels"] = [["Edema"], ["Edema"], ["Pneumothorax", "Edema"]]  # Edema everywhere
     scoring[f"{split}_labels"][0].append("Pneumothorax")
-    pretrain.check_splits(readings(30, **scoring), "data", batch_size=8, num_processes=1)  # Pneumothorax scores
+    check_splits(readings(30, **scoring), "data", batch_size=8, num_processes=1)  # Pneumothorax scores
     assert f"{split} split: ['Cardiomegaly', 'Edema', 'Lung Opacity', 'Pleural Effusion'] have positives only or " \
            "negatives only" in caplog.text
 
@@ -284,14 +289,14 @@ def checkpointed(tmp_path):
         scheduler.step()
         optimizer.zero_grad()
         if step % 2 == 0:
-            pretrain.save_checkpoint(accelerator, out, {"step": step, "best_metric": None, "best_step": None}, keep=2)
+            save_checkpoint(accelerator, out, {"step": step, "best_metric": None, "best_step": None}, keep=2)
             weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
     return SimpleNamespace(accelerator=accelerator, model=model, out=out, weights=weights,
                            step={2: out / "checkpoints" / "step_0000002", 4: out / "checkpoints" / "step_0000004"})
 
 
 def resume(run, which="latest", num_processes=1):
-    return pretrain.resume_checkpoint(SimpleNamespace(output_dir=str(run.out), resume=which), num_processes)
+    return resume_checkpoint(TrainingSettings(output_dir=str(run.out), resume=which), num_processes)
 
 
 def truncate(path: Path):
@@ -379,10 +384,10 @@ def test_a_checkpoint_saved_again_replaces_the_old_one_and_stale_ones_never_coun
     truncate(checkpointed.step[4] / "model.safetensors")
     stale = checkpointed.out / "checkpoints" / "step_0000006"
     shutil.copytree(checkpointed.step[2], stale)
-    pretrain.save_checkpoint(checkpointed.accelerator, checkpointed.out,
-                             {"step": 4, "best_metric": None, "best_step": None}, keep=1)
+    save_checkpoint(checkpointed.accelerator, checkpointed.out, {"step": 4, "best_metric": None, "best_step": None},
+                    keep=1)
     assert sorted(p.name for p in (checkpointed.out / "checkpoints").iterdir()) == ["step_0000004", "step_0000006"]
-    assert pretrain.checkpoint_problem(checkpointed.step[4], 1) is None
+    assert checkpoint_problem(checkpointed.step[4], 1) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -413,8 +418,8 @@ def test_a_batch_larger_than_the_training_set_stops_instead_of_running_forever(t
 def test_a_validation_split_too_small_to_score_stops_before_training(tmp_path):
     # 10 synthetic readings: 7 train, 1 validate, 1 test
     with pytest.raises(SystemExit, match=r"the validate split \(1 reading\) cannot be scored"):
-        pretrain.main(["--synthetic_samples", "10", "--batch_size", "4", "--output_dir", str(tmp_path / "out"),
-                       "--cache_dir", str(tmp_path / "cache"), "--num_threads", "1"])
+        train(TrainingSettings(synthetic_samples=10, batch_size=4, output_dir=str(tmp_path / "out"),
+                               cache_dir=str(tmp_path / "cache"), num_threads=1))
     assert not (tmp_path / "out").exists()
 
 
@@ -457,7 +462,7 @@ def test_killed_run_with_a_truncated_newest_checkpoint_resumes_from_the_one_befo
     start_and_kill_when([sys.executable, str(PRETRAIN), *TINY, "--output_dir", str(killed), "--cache_dir", str(cache)],
                         killed / "checkpoints" / "step_0000004", cwd=REPO)
     assert not (killed / "model.safetensors").exists()  # it really died mid-run
-    found = pretrain.checkpoints(killed)
+    found = list_checkpoints(killed)
     assert len(found) >= 2
     newest, previous = found[-1], found[-2]
 
@@ -468,7 +473,8 @@ def test_killed_run_with_a_truncated_newest_checkpoint_resumes_from_the_one_befo
         (folder / "random_states_0.pkl").rename(aside / folder.name)
     with pytest.raises(SystemExit, match=r"no complete checkpoint .*random_states_0.pkl \(the RNG state of process 0\)"
                                          r" is missing"):
-        pretrain.main([*TINY, "--output_dir", str(killed), "--resume", "latest", "--cache_dir", str(cache)])
+        train(TrainingSettings.from_args([*TINY, "--output_dir", str(killed), "--resume", "latest",
+                                          "--cache_dir", str(cache)]))
     for folder in found:
         (aside / folder.name).rename(folder / "random_states_0.pkl")
 
@@ -478,7 +484,7 @@ def test_killed_run_with_a_truncated_newest_checkpoint_resumes_from_the_one_befo
     assert re.search(rf"--resume latest: skipping incomplete checkpoint {newest.name}: .*model.safetensors has \d+ "
                      r"bytes", result.stderr)
     assert f"resumed from {previous}" in result.stderr
-    assert pretrain.checkpoint_problem(newest, 1) is None  # redone when the run got there
+    assert checkpoint_problem(newest, 1) is None  # redone when the run got there
     expected, actual = load_file(str(reference / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -539,25 +545,25 @@ def test_finetune_diverging_training_stops_instead_of_scoring_nan(egma_dir):
     generator = torch.Generator().manual_seed(0)
     features = 1e10 * torch.randn(16, 8, generator=generator)  # with weights of ~1e30 after one step: inf logits
     labels = np.arange(16) % 2
-    args = finetune.parse_args(["--model", str(egma_dir), "--dataset", "rsna", "--lr", "1e30", "--epochs", "3",
-                                "--batch_size", "4", "--num_workers", "0"])
-    task = finetune.task_of("rsna")
-    truth = finetune.truth(finetune.Split([str(i) for i in range(16)], [""] * 16, labels), task)
-    rows = finetune.FeatureRows(features, labels)
+    settings = linear_probe.LinearProbeSettings(model=str(egma_dir), dataset="rsna", lr=1e30, epochs=3,
+                                                batch_size=4, num_workers=0)
+    task = linear_probe.task_of("rsna")
+    truth = linear_probe.truth(linear_probe.Split([str(i) for i in range(16)], [""] * 16, labels), task)
+    rows = linear_probe.FeatureRows(features, labels)
     with pytest.raises(FloatingPointError, match=r"non-finite training loss .* in epoch \d; try a smaller --lr"):
-        finetune.fit(args, Accelerator(), torch.nn.Linear(8, 2), finetune.head_step, rows, rows, truth, task)
+        linear_probe.fit(settings, Accelerator(), torch.nn.Linear(8, 2), linear_probe.head_step, rows, rows, truth,
+                         task)
 
 
 def test_finetune_interval_on_a_tiny_test_split_is_null_with_a_reason_not_nan():
     targets, scores = np.array([True, False]), np.array([0.9, 0.1])
     outcomes = []
     for seed in range(20):  # two images: a single resample is undefined half the time
-        args = SimpleNamespace(bootstrap=1, seed=seed)
-        result = finetune.auroc_interval(roc_auc, targets, scores, args)
+        result = linear_probe.auroc_interval(roc_auc, targets, scores, num_bootstrap=1, seed=seed)
         json.dumps(result, allow_nan=False)  # never NaN
         assert result["value"] == 1.0
         outcomes.append(result["low"] is None)
         if result["low"] is None:
             assert re.fullmatch(r"no 95% interval: .*undefined on every .*bootstrap resample.*", result["note"])
-            assert finetune.percent_cell(result) == "100.0 (no CI)"
+            assert percent_cell(result) == "100.0 (no CI)"
     assert any(outcomes) and not all(outcomes)
