@@ -71,7 +71,8 @@ def main():
         stamped(points, windows + [(0.0, 1e9)], shape)
     baseline = args.baseline_readings / (time.perf_counter() - start)
 
-    print(f"image {IMAGE[0]}x{IMAGE[1]}, 150 fixations, 6 sentences + whole reading, maps {shape[0]}x{shape[1]}, 1 core")
+    print(f"image {IMAGE[0]}x{IMAGE[1]}, 150 fixations, 6 sentences + whole reading, "
+          f"maps {shape[0]}x{shape[1]}, 1 core")
     print(f"egma_hf render_heatmaps: {ours:8.1f} readings/s")
     print(f"full-resolution stamping: {baseline:8.2f} readings/s")
     print(f"speed-up: {ours / baseline:.0f}x; ~3.7k MIMIC-EYE readings: {3700 / ours:.1f} s of heatmap work")

@@ -67,7 +67,8 @@ def main():
         results[name] = measure(model, loader, options.steps, weights)
     print(f"{source}; batch {options.batch_size}; {options.steps} steps each; {torch.get_num_threads()} threads")
     for name, result in results.items():
-        print(f"{name:>5}: {result['samples_per_s']:7.1f} samples/s, waiting for data {result['data_wait']:.1%} of the time")
+        print(f"{name:>5}: {result['samples_per_s']:7.1f} samples/s, "
+              f"waiting for data {result['data_wait']:.1%} of the time")
     print(f"egma / clip throughput = {results['egma']['samples_per_s'] / results['clip']['samples_per_s']:.3f}")
 
 

@@ -66,7 +66,8 @@ def _tower(config) -> str:
 
 def _losses(config: EGMAConfig) -> str:
     weights = {"global InfoNCE": config.global_loss_weight, "gaze-guided MLCE": config.mlce_loss_weight,
-               "fine-grained contrast": config.fine_grained_loss_weight, "gaze-guided mapping (EGM)": config.egm_loss_weight}
+               "fine-grained contrast": config.fine_grained_loss_weight,
+               "gaze-guided mapping (EGM)": config.egm_loss_weight}
     used = [f"{name} × {weight:g}" for name, weight in weights.items() if weight]
     return ", ".join(used) or "none recorded"
 
@@ -83,7 +84,8 @@ def pretraining_report(eval_results_json: dict, source: str = "eval_results.json
                          "examples/pretrain.py as {num_images, auroc: {finding: value}, mean_auroc})")
     return {"dataset": "pretraining-test-split", "dataset_name": "Pre-training data, held-out test split",
             "split": "test", "num_images": test["num_images"],
-            "zero_shot": {"auroc": {k: {"value": v} for k, v in test["auroc"].items()}, "mean_auroc": test["mean_auroc"]}}
+            "zero_shot": {"auroc": {k: {"value": v} for k, v in test["auroc"].items()},
+                          "mean_auroc": test["mean_auroc"]}}
 
 
 def build_model_card(model_dir, repo_id: str, reports=(), template_path=None, license: str = "apache-2.0",

@@ -214,7 +214,8 @@ class EGMAImageProcessor(BaseImageProcessor):
             map_height, map_width = maps.shape[-2:]
             if abs(map_height * width - map_width * height) > height + width:
                 raise ValueError(
-                    f"gaze_heatmaps[{sample}] are {map_height}x{map_width} but the image is {height}x{width}: a heatmap "
+                    f"gaze_heatmaps[{sample}] are {map_height}x{map_width} but the image is {height}x{width}: "
+                    "a heatmap "
                     "must cover the whole image with the same aspect ratio"
                 )
             square = fit_to_square(maps, image_size, self.size)

@@ -71,7 +71,8 @@ def multilabel_categorical_crossentropy(scores: torch.Tensor, labels: torch.Tens
         (...) loss per row.
     """
     if scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must have the same shape, got {tuple(scores.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"scores and labels must have the same shape, got {tuple(scores.shape)} and "
+                         f"{tuple(labels.shape)}")
     if labels.dtype != torch.bool:
         if not torch.all((labels == 0) | (labels == 1)):
             raise ValueError("labels must contain only 0 and 1")

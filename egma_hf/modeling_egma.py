@@ -18,7 +18,6 @@ that have gaze at all. Heatmaps of samples without gaze and of padding slots are
 """
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Unpack
@@ -28,8 +27,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
-from transformers.dynamic_module_utils import custom_object_save
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
@@ -113,7 +112,8 @@ class EGMAOutput(ModelOutput):
 
 @dataclass
 class _Sentences:
-    """Text inputs in (T, M, L) layout and where their real sentences are: `index` is (text ids, slot ids), (S,) each."""
+    """Text inputs in (T, M, L) layout and where their real sentences are: `index` is (text ids, slot ids), (S,)
+    each."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -306,7 +306,7 @@ class EGMAModel(EGMAPreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         super().save_pretrained(save_directory, *args, **kwargs)
         # The medical zero-shot pipeline's code travels with every checkpoint; whether `pipeline()` offers it to
-        # remote-code users depends on `config.custom_pipelines` (set by examples/push_to_hub.py).
+        # remote-code users depends on `config.custom_pipelines` (egma_hf.hub sets it when staging an upload).
         custom_object_save(EGMAZeroShotImageClassificationPipeline, save_directory)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -346,9 +346,11 @@ class EGMAModel(EGMAPreTrainedModel):
         if pixel_values is None:
             raise ValueError("pixel_values is required (a float tensor of shape (batch, 3, height, width))")
         if pixel_values.ndim != 4 or pixel_values.shape[0] == 0 or pixel_values.shape[-1] == 0:
-            raise ValueError(f"pixel_values must have shape (batch>0, channels, height, width), got {tuple(pixel_values.shape)}")
+            raise ValueError("pixel_values must have shape (batch>0, channels, height, width), got "
+                             f"{tuple(pixel_values.shape)}")
         if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be a float tensor (the image processor's output), got {pixel_values.dtype}")
+            raise TypeError("pixel_values must be a float tensor (the image processor's output), got "
+                            f"{pixel_values.dtype}")
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         patches, grid, self._no_patch_grid_reason = self._patch_tokens(outputs.last_hidden_state)
         pooled = outputs.pooler_output
@@ -395,12 +397,14 @@ class EGMAModel(EGMAPreTrainedModel):
             attention_mask = attention_mask[:, None] if attention_mask is not None else None
             token_type_ids = token_type_ids[:, None] if token_type_ids is not None else None
         if input_ids.ndim != 3 or input_ids.shape[0] == 0 or input_ids.shape[-1] == 0:
-            raise ValueError(f"input_ids must be (texts, seq_len) or (reports, sentences, seq_len), got {tuple(input_ids.shape)}")
+            raise ValueError("input_ids must be (texts, seq_len) or (reports, sentences, seq_len), got "
+                             f"{tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tensor is not None and tensor.shape != input_ids.shape:
-                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(tensor.shape)}")
 
         if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
@@ -418,7 +422,8 @@ class EGMAModel(EGMAPreTrainedModel):
                 f"input_ids hold token ids in [{lowest}, {highest}], outside the text tower's vocabulary of "
                 f"{vocab_size} (was the text tokenised with this model's tokenizer?)"
             )
-        return _Sentences(input_ids, attention_mask, token_type_ids, sentence_mask, sentence_mask.nonzero(as_tuple=True))
+        index = sentence_mask.nonzero(as_tuple=True)
+        return _Sentences(input_ids, attention_mask, token_type_ids, sentence_mask, index)
 
     def _encode_sentences(
         self, sentences: _Sentences, output_hidden_states=None, **kwargs: Unpack[TransformersKwargs]
@@ -470,7 +475,8 @@ class EGMAModel(EGMAPreTrainedModel):
             return False
         if has_gaze is None:
             has_gaze = gaze_heatmaps.new_ones((), dtype=torch.bool)
-        flags = [~torch.isfinite(gaze_heatmaps).all(), (gaze_heatmaps < 0).any(), has_gaze.any().to(gaze_heatmaps.device)]
+        flags = [~torch.isfinite(gaze_heatmaps).all(), (gaze_heatmaps < 0).any(),
+                 has_gaze.any().to(gaze_heatmaps.device)]
         non_finite, negative, any_gaze = torch.stack(flags).tolist()
         if non_finite:
             raise ValueError("gaze_heatmaps contain NaN or inf")
@@ -479,7 +485,11 @@ class EGMAModel(EGMAPreTrainedModel):
         return any_gaze
 
     def _gaze_maps(
-        self, gaze_heatmaps: torch.Tensor, has_gaze: torch.Tensor | None, sentence_mask: torch.Tensor, image: EGMAImageFeatures
+        self,
+        gaze_heatmaps: torch.Tensor,
+        has_gaze: torch.Tensor | None,
+        sentence_mask: torch.Tensor,
+        image: EGMAImageFeatures,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the heatmaps' shape (B, M, h, w) and flatten them to GS (B, M, N), each map scaled to max 1.
 
@@ -663,7 +673,8 @@ class EGMAForImageClassification(EGMAPreTrainedModel):
         _check_kwargs(kwargs, "EGMAForImageClassification.forward")
         if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] == 0:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(f"pixel_values must be a float tensor of shape (batch>0, channels, height, width), got {shape}")
+            raise ValueError("pixel_values must be a float tensor of shape (batch>0, channels, height, width), "
+                             f"got {shape}")
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(self._pool(outputs))
         loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)

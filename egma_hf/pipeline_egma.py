@@ -29,7 +29,7 @@ from .zero_shot import (
 
 TASK = "egma-zero-shot-image-classification"
 # What `config.custom_pipelines` holds on the Hub so that `pipeline(TASK, model=repo, trust_remote_code=True)`
-# finds this class without egma_hf installed (examples/push_to_hub.py sets it).
+# finds this class without egma_hf installed (egma_hf.hub sets it when it stages a folder for upload).
 CUSTOM_PIPELINES = {TASK: {"impl": "pipeline_egma.EGMAZeroShotImageClassificationPipeline", "pt": ["AutoModel"],
                            "type": "multimodal"}}
 

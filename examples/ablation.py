@@ -67,7 +67,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     add = parser.add_argument
     add("--quick", action="store_true",
         help="smoke run: 48 readings, 64 px, 2 steps, 1 thread, seeds 0 1, gaze 0/10/100%%")
-    add("--output_dir", help=f"default {SIZES['default']['output_dir']}/ ({SIZES['quick']['output_dir']}/ with --quick)")
+    add("--output_dir",
+        help=f"default {SIZES['default']['output_dir']}/ ({SIZES['quick']['output_dir']}/ with --quick)")
     add("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; 0 1 with --quick)")
     add("--gaze_fractions", type=float, nargs="+", help="EGF+EGM sweep, fractions of training readings with gaze")
     add("--max_steps", type=int, help="optimiser steps of every run (default 260; 2 with --quick)")

@@ -7,9 +7,10 @@
     python examples/pretrain.py --output_dir runs/a --resume latest   # continue a killed run exactly
 
 With no arguments it builds (once, cached) the synthetic MIMIC-EYE corpus, trains a tokenizer on its training
-reports, trains a small EGMA model (a small CNN and a 2-layer BERT), keeps the checkpoint with the best validation zero-shot AUROC, and prints the
-zero-shot AUROC on the held-out test split (reports phrased differently from training). The output directory loads
-with `EGMAModel.from_pretrained` and `pipeline("zero-shot-image-classification", model=<dir>)`.
+reports, trains a small EGMA model (a small CNN and a 2-layer BERT), keeps the checkpoint with the best validation
+zero-shot AUROC, and prints the zero-shot AUROC on the held-out test split (reports phrased differently from
+training). The output directory loads with `EGMAModel.from_pretrained` and
+`pipeline("zero-shot-image-classification", model=<dir>)`.
 
 Every flag can also come from a YAML or JSON file (`--config`); flags on the command line win. The loop itself is
 `egma_hf.training.train`.

@@ -55,7 +55,8 @@ def main():
     model = EGMAModel(config)
     processor = EGMAProcessor(EGMAImageProcessor(size=64, gaze_grid_size=4), tokenizer)
     print(f"EGMA with a {config.vision_config.model_type} tower ({4}x{4} patch grid) and a "
-          f"{config.text_config.num_hidden_layers}-layer BERT: {sum(p.numel() for p in model.parameters()):,} parameters")
+          f"{config.text_config.num_hidden_layers}-layer BERT: "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     names = list(FINDINGS)
@@ -81,8 +82,8 @@ def main():
     for index in range(30):
         finding = names[index % 3]
         image = toy_sample(rng, finding)[0]
-        best = classifier(Image.fromarray((image * 255).astype(np.uint8)), candidate_labels=[FINDINGS[n][0] for n in names],
-                          hypothesis_template="{}")[0]["label"]
+        best = classifier(Image.fromarray((image * 255).astype(np.uint8)),
+                          candidate_labels=[FINDINGS[n][0] for n in names], hypothesis_template="{}")[0]["label"]
         correct += best == FINDINGS[finding][0]
     print(f"zero-shot pipeline on 30 new toy images: {correct}/30 correct (chance: 10/30)")
 

@@ -2,8 +2,8 @@
 subsets, a collator for `EGMAModel`, a synthetic corpus in MIMIC-EYE's file formats, and readers for the public
 evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with synthetic equivalents."""
 
-from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
 from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
+from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
 from .evaluation_sets import (
     CHEXPERT_5X200_CLASSES,
     CHEXPERT_8X200_CLASSES,

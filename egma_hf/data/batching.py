@@ -26,7 +26,9 @@ def _check_dataset(dataset, columns, argument: str = "dataset") -> None:
         raise ValueError(f"{argument} is empty (0 rows)")
 
 
-def with_gaze_fraction(dataset: datasets.Dataset, fraction: float, seed: int = 0, split: str = "train") -> datasets.Dataset:
+def with_gaze_fraction(
+    dataset: datasets.Dataset, fraction: float, seed: int = 0, split: str = "train"
+) -> datasets.Dataset:
     """Keep gaze on a seeded random `fraction` of the `split` rows that have it; the others get `has_gaze=False`.
 
     The kept rows are the first `floor(fraction * n + 0.5)` of one seeded permutation (the paper's 1% of 3,695 is

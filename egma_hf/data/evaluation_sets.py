@@ -472,7 +472,7 @@ def stratified_split(ids: list[str], labels: list[str], shares: dict[str, float]
     weights /= weights.sum()
     split_of = {}
     for label in sorted(set(labels)):
-        members = sorted(i for i, l in zip(ids, labels) if l == label)
+        members = sorted(i for i, other in zip(ids, labels) if other == label)
         exact = weights * len(members)
         counts = np.floor(exact).astype(int)
         for index in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
@@ -560,9 +560,9 @@ def load_siim_acr(
                    example=unknown[0] if unknown else None)
         if not wanted & set(masks):
             raise ValueError(f"none of the {len(wanted)} test ids is in {csv_path}")
-        rest = [(i, l) for i, l in zip(image_ids, labels) if i not in wanted]
-        split_of = stratified_split([i for i, _ in rest], [l for _, l in rest], {"train": 0.70, "validate": 0.15},
-                                     seed)
+        rest = [(i, label) for i, label in zip(image_ids, labels) if i not in wanted]
+        split_of = stratified_split([i for i, _ in rest], [label for _, label in rest],
+                                    {"train": 0.70, "validate": 0.15}, seed)
         split_of.update((i, "test") for i in wanted & set(masks))
     images_root = _folder(root / images_dir, "SIIM DICOMs <study>/<series>/<ImageId>.dcm")
     found: dict[str, list[Path]] = {}

@@ -419,7 +419,8 @@ def _egd_fixations(frame: pd.DataFrame, pads, image_size, reading: str, skips: S
     top, bottom, left, right = pads
     height, width = image_size
     x_screen, y_screen = frame["FPOGX"].to_numpy() * SCREEN_WIDTH, frame["FPOGY"].to_numpy() * SCREEN_HEIGHT
-    inside = (x_screen > left) & (x_screen < SCREEN_WIDTH - right) & (y_screen > top) & (y_screen < SCREEN_HEIGHT - bottom)
+    inside = ((x_screen > left) & (x_screen < SCREEN_WIDTH - right)
+              & (y_screen > top) & (y_screen < SCREEN_HEIGHT - bottom))
     skips.skip("fixations outside the image dropped", reading, int((~inside).sum()))
     start = frame["FPOGS"].to_numpy()[inside]
     duration = frame["FPOGD"].to_numpy()[inside]
@@ -842,4 +843,5 @@ def by_split(dataset: datasets.Dataset) -> datasets.DatasetDict:
     if "split" not in dataset.column_names:
         raise ValueError(f"dataset has no 'split' column; found {dataset.column_names}")
     names = sorted(set(dataset["split"]))
-    return datasets.DatasetDict({name: dataset.filter(lambda s, n=name: s == n, input_columns="split") for name in names})
+    return datasets.DatasetDict(
+        {name: dataset.filter(lambda s, n=name: s == n, input_columns="split") for name in names})

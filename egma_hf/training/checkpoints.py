@@ -132,10 +132,9 @@ def checkpoint_problem(folder: Path, num_processes: int) -> str | None:
             and {"best_metric", "best_step"} <= saved.keys()):
         return f"{state_file} holds no training state (step, best_metric, best_step)"
     written_by = saved.get("num_processes", len(list(folder.glob("random_states_*.pkl"))))
-    if "num_processes" in saved or written_by > num_processes:
-        if written_by != num_processes:
-            raise SystemExit(f"--resume: {folder} was written by {written_by} process(es) and this run has "
-                             f"{num_processes}; resume with {written_by} (their data shards and RNG states differ)")
+    if ("num_processes" in saved or written_by > num_processes) and written_by != num_processes:
+        raise SystemExit(f"--resume: {folder} was written by {written_by} process(es) and this run has "
+                         f"{num_processes}; resume with {written_by} (their data shards and RNG states differ)")
     for index in range(num_processes):
         rng = folder / f"random_states_{index}.pkl"
         if not rng.is_file():

@@ -17,8 +17,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..data import EGMADataCollator, by_split, prepare_for_training, with_gaze_fraction
 from ..evaluation import zero_shot_auroc
-from ..losses import EGMALoss
 from ..hub import build_model_card
+from ..losses import EGMALoss
 from .accelerator import make_accelerator
 from .checkpoints import (
     BEST_WEIGHTS,

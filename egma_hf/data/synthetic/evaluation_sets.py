@@ -12,7 +12,10 @@ from ..evaluation_sets import (
     CHEXPERT_8X200_CLASSES,
     CHEXPERT_COLUMNS,
     CHEXPERT_LABEL_COLUMNS,
+    CHEXPERT_TWIN,
+    RSNA_TWIN,
     SIIM_CLASSES,
+    SIIM_TWIN,
     rle_encode,
     stratified_split,
 )
@@ -54,7 +57,7 @@ def _draw_image(rng, findings, width: int, height: int):
 
 def _write_chexpert(out: Path, rng, per_class: int) -> dict:
     """CheXpert-v1.0-small/: train/ and valid/ JPGs, train.csv, valid.csv, chexpert_5x200.csv, chexpert_8x200.csv."""
-    folder = out / "CheXpert-v1.0-small"
+    folder = out / CHEXPERT_TWIN
     patients = itertools.count(1)
 
     def study(split, values, patient=None, lateral=False):
@@ -126,7 +129,7 @@ def _siim_uid(rng, kind: int, serial: int) -> str:
 
 def _write_rsna(out: Path, rng, per_class: int) -> dict:
     """rsna-pneumonia/: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_train_images/*.dcm."""
-    folder = out / "rsna-pneumonia"
+    folder = out / RSNA_TWIN
     patients = [(_uuid(rng), target) for target in (0, 1) for _ in range(per_class)]
     inverted = {patients[0][0], patients[per_class][0]}  # one MONOCHROME1 file per class
     label_lines, class_lines = {}, {}
@@ -161,7 +164,7 @@ def _write_rsna(out: Path, rng, per_class: int) -> dict:
 
 def _write_siim(out: Path, rng, per_class: int) -> dict:
     """siim-acr-pneumothorax/: train-rle.csv, dicom-images-train/<study>/<series>/<ImageId>.dcm, test_ids.txt."""
-    folder = out / "siim-acr-pneumothorax"
+    folder = out / SIIM_TWIN
     lines, labels, image_ids = {}, {}, []
     for index, target in enumerate([0] * per_class + [1] * per_class):
         image_id = _siim_uid(rng, 4, 1000 + index)
