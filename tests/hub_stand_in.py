@@ -24,6 +24,7 @@ than ``main``, tags, pull requests, dataset and space repos, paths-info, paginat
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -206,7 +207,5 @@ if __name__ == "__main__":
     port = parser.parse_args().port
     with HubStandIn(port) as hub:
         print(f"Hub stand-in at {hub.url}; use HF_ENDPOINT={hub.url} HF_TOKEN=anything. Ctrl-C stops it.", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass

@@ -1,0 +1,50 @@
+"""The benchmarks still run: their `--quick` variants as subprocesses, asserting on what they print."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # trains or starts processes: excluded from the fast loop, `pytest -m "not slow"`
+
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], capture_output=True,
+                            text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_zero_shot_throughput_quick():
+    out = run_benchmark("zero_shot_throughput.py", "--quick")
+
+    def row(name, pattern):
+        match = re.search(rf"^{re.escape(name)}\s+{pattern}", out, re.MULTILINE)
+        assert match, f"no row {name!r} like {pattern!r} in:\n{out}"
+        return match.groups()
+
+    images = int(re.search(r"text passes per\n.*\b(\d+) images \(EGMA, CLIP\)", out).group(1))
+    assert images > 1
+    paired = rf"{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+(\d+), (\d+)$"  # images/s, ratios, text passes
+    *speeds, egma_passes, clip_passes = row("embedding path, cached prompts", paired)
+    assert all(float(value) > 0 for value in speeds) and (egma_passes, clip_passes) == ("0", "0")
+    # The standard pipeline runs the text tower for every image (pipeline batch 1), EGMA's pipeline once per run.
+    *speeds, egma_passes, clip_passes = row("standard pipeline (prompts per image)", paired)
+    assert all(float(value) > 0 for value in speeds) and int(egma_passes) == int(clip_passes) == images
+    speed, speedup, passes = row("egma pipeline, cached prompts", rf"{NUMBER}\s+-\s+{NUMBER}\s+(\d+)\s")
+    assert float(speed) > 0 and float(speedup) > 0 and passes == "1"
+    assert all(float(value) > 0 for value in row("preprocessing only (per image)", paired)[:4])
+    assert float(row("reference: tiny Swin + tiny BERT (--quick), embedding path", NUMBER)[0]) > 0
+
+    calls = re.search(r"get_text_features calls: candidate labels \(5 prompts\): (\d+) for (\d+) images, (\d+) for "
+                      r"\d+ more; CheXpert 5x200 \((\d+) prompts\): (\d+) for \d+ images "
+                      r"\(prompt batches of 64: (\d+)\)", out)
+    assert calls, out
+    first, images_again, again, prompts, ensemble, prompt_batches = (int(value) for value in calls.groups())
+    assert (first, again, images_again) == (1, 0, images)
+    assert prompts > 64 and ensemble == prompt_batches == -(-prompts // 64)  # one classifier build, whatever N
