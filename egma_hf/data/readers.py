@@ -460,6 +460,40 @@ def _skip_escape(skips: SkipLog, reading: str, path: Path, error: ListedPathErro
     skips.skip(PATH_ESCAPES, reading, example=f"{path.name} {reading}: {error}")
 
 
+def _skip_reading(skips: SkipLog, source: str, reading: str, reason: str, error: Exception) -> None:
+    logger.warning("skipping %s reading %s: %s", source, reading, error)
+    skips.skip(reason, reading)
+
+
+def _located(skips: SkipLog, reading: str, listing: Path, locate: Callable[..., tuple], *args) -> tuple | None:
+    """`locate(*args)` -> (image file, *other files of the reading), or None with the skip counted: a path listed
+    in `listing` that leaves its root, or no image file."""
+    try:
+        image, *others = locate(*args)
+    except ListedPathError as error:
+        _skip_escape(skips, reading, listing, error)
+        return None
+    if image is None:
+        skips.skip("readings without an image file skipped", reading)
+        return None
+    return image, *others
+
+
+def _locate_egd(egd_root: Path, find_image: ImageFinder, written_reports, dicom_id, study_id, subject_id, listed):
+    """(image, transcript.json, written report) of an EGD-CXR reading; ListedPathError if a path leaves its root."""
+    transcript = resolve_inside(egd_root / "audio_segmentation_transcripts", f"{dicom_id}/transcript.json", "dicom_id")
+    return find_image(dicom_id, study_id, subject_id, listed), transcript, written_reports(study_id)
+
+
+def _locate_reflacx(main_data: Path, find_image: ImageFinder, written_reports, reading, dicom_id, study_id, subject_id,
+                    listed):
+    """(image, reading folder, written report) of a REFLACX reading; ListedPathError if a path leaves its root."""
+    folder = resolve_inside(main_data, reading, "id")
+    for name in REFLACX_READING_FILES:  # a file of the reading's folder may itself be a link elsewhere
+        resolve_inside(main_data, f"{reading}/{name}", "id")
+    return find_image(dicom_id, study_id, subject_id, listed), folder, written_reports(study_id)
+
+
 def _read_egd(
     egd_root: Path,
     find_image: ImageFinder,
@@ -495,22 +529,15 @@ def _read_egd(
                        example=f"{sheet_path.name} dicom_id {dicom_id}")
             continue
         seen.add(dicom_id)
-        try:
-            image = find_image(dicom_id, study_id, subject_id, sheet_row["path"])
-            transcript = resolve_inside(egd_root / "audio_segmentation_transcripts", f"{dicom_id}/transcript.json",
-                                        "dicom_id")
-            written_report = written_reports(study_id)
-        except ListedPathError as error:
-            _skip_escape(skips, dicom_id, sheet_path, error)
+        located = _located(skips, dicom_id, sheet_path, _locate_egd, egd_root, find_image, written_reports, dicom_id,
+                           study_id, subject_id, sheet_row["path"])
+        if located is None:
             continue
-        if image is None:
-            skips.skip("readings without an image file skipped", dicom_id)
-            continue
+        image, transcript, written_report = located
         try:
             report, sentences = _egd_transcript(transcript)
         except (FileNotFoundError, ValueError) as error:
-            logger.warning("skipping EGD-CXR reading %s: %s", dicom_id, error)
-            skips.skip("readings with a missing or bad transcript skipped", dicom_id)
+            _skip_reading(skips, "EGD-CXR", dicom_id, "readings with a missing or bad transcript skipped", error)
             continue
         if not sentences:
             skips.skip("readings whose transcript has no sentence skipped", dicom_id)
@@ -518,8 +545,7 @@ def _read_egd(
         try:
             image_size = image_size_of(image)
         except (OSError, ValueError) as error:
-            logger.warning("skipping EGD-CXR reading %s: %s", dicom_id, error)
-            skips.skip("readings whose image file cannot be read skipped", dicom_id)
+            _skip_reading(skips, "EGD-CXR", dicom_id, "readings whose image file cannot be read skipped", error)
             continue
         gaze = by_image.get(dicom_id)
         if gaze is None:
@@ -669,18 +695,12 @@ def _read_reflacx(
             continue
         dicom_id, subject_id = str(meta["dicom_id"]).strip(), str(meta["subject_id"])
         study_id = study_of(dicom_id)
-        try:
-            folder = resolve_inside(main_data, reading, "id")
-            for name in REFLACX_READING_FILES:  # a file of the reading's folder may itself be a link elsewhere
-                resolve_inside(main_data, f"{reading}/{name}", "id")
-            image = find_image(dicom_id, study_id, subject_id, "" if _is_blank(meta["image"]) else str(meta["image"]))
-            written_report = written_reports(study_id)
-        except ListedPathError as error:
-            _skip_escape(skips, reading, metadata_path, error)
+        listed = "" if _is_blank(meta["image"]) else str(meta["image"])
+        located = _located(skips, reading, metadata_path, _locate_reflacx, main_data, find_image, written_reports,
+                           reading, dicom_id, study_id, subject_id, listed)
+        if located is None:
             continue
-        if image is None:
-            skips.skip("readings without an image file skipped", reading)
-            continue
+        image, folder, written_report = located
         try:
             report, sentences = _reflacx_transcript(folder)
             listed_size = (meta.get("image_size_y", math.nan), meta.get("image_size_x", math.nan))
@@ -688,8 +708,7 @@ def _read_reflacx(
                 image_size_of(image)
             points = _reflacx_fixations(folder / "fixations.csv", image_size, reading, skips)
         except (OSError, ValueError) as error:
-            logger.warning("skipping REFLACX reading %s: %s", reading, error)
-            skips.skip("readings with missing or bad files skipped", reading)
+            _skip_reading(skips, "REFLACX", reading, "readings with missing or bad files skipped", error)
             continue
         if not sentences:
             skips.skip("readings whose transcript has no sentence skipped", reading)
