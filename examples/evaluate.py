@@ -19,30 +19,22 @@ in the same format is built once under $EGMA_HF_CACHE (default ~/.cache/egma_hf)
 """
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from huggingface_hub.utils import validate_repo_id
-
-from egma_hf import EGMAConfig, EGMAModel, EGMAProcessor, ZeroShotClassifier, __version__
-from egma_hf.conversion import check_egma_checkpoint
-from egma_hf.data import EVALUATION_SETS, cached_synthetic_corpus, cached_synthetic_evaluation_sets
+from egma_hf import EGMAModel, EGMAProcessor
+from egma_hf.data import EVALUATION_SETS
 from egma_hf.evaluation import (
-    check_images_readable,
+    check_evaluation_rows,
     check_ks,
-    check_report,
-    embed_images,
-    expert_query_retrieval,
-    image_file_batches,
+    check_model_reference,
+    evaluate_on,
+    load_evaluation_rows,
     markdown_report,
-    read_class_prompts,
-    score_zero_shot,
+    write_report,
+    zero_shot_prompts,
 )
-from egma_hf.evaluation.plots import plot_evaluation_report
-
-logger = logging.getLogger("evaluate")
 
 
 def parse_args(argv=None):
@@ -82,112 +74,38 @@ def parse_args(argv=None):
     return args
 
 
-def check_model(name: str) -> None:
-    """--model must be a saved EGMA folder (with its processor), or a Hub id whose config is EGMA's."""
-    try:
-        if Path(name).exists():
-            check_egma_checkpoint(name, "--model")
-            return
-        try:
-            validate_repo_id(name)
-        except ValueError:
-            raise FileNotFoundError(f"--model {name}: no such directory (nor a Hub id)") from None
-        config, _ = EGMAConfig.get_config_dict(name)  # config.json only, from the Hub or its cache
-        if config.get("model_type") != EGMAConfig.model_type:
-            raise ValueError(f"--model {name} is not an EGMA model: its config has model_type "
-                             f"{config.get('model_type')!r}, expected {EGMAConfig.model_type!r}")
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def load_rows(args):
-    """The evaluation images (a Dataset with `image`, `label`, `labels` and `split`) and where they came from."""
-    entry = EVALUATION_SETS[args.dataset]
-    if entry.synthetic is None:  # mimic_eye: the pre-training corpus, by default the synthetic one
-        if args.data is None:
-            root = cached_synthetic_corpus()
-            return entry.loader(root), f"synthetic {entry.title} corpus {root}"
-        return entry.loader(Path(args.data)), f"{entry.title} {args.data}"
-    if args.data is None:
-        tree = cached_synthetic_evaluation_sets()
-        return entry.loader(**entry.synthetic_arguments(tree)), f"synthetic {args.dataset} twin in {tree}"
-    data = Path(args.data)
-    if args.dataset.startswith("chexpert"):
-        return entry.loader(data, args.images_root or data.parent), str(data)
-    return entry.loader(data, **({"test_ids": args.test_ids} if args.test_ids else {})), str(data)
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    entry = EVALUATION_SETS[args.dataset]
-    check_model(args.model)
     try:
-        if entry.task != "retrieval":  # refuse a bad prompt set before reading any data
-            prompt_name = args.prompts or entry.zero_shot_prompts
-            prompts = read_class_prompts(prompt_name, entry.task == "multi_label", args.dataset)
+        check_model_reference(args.model)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    try:
+        zero_shot_prompts(args.dataset, args.prompts)  # refuse a bad prompt set before reading any data
     except ValueError as error:
         raise SystemExit(f"error: --prompts {error}") from None
     try:
-        rows, source = load_rows(args)  # the readers name the file, row or column
-        if args.split != "all":
-            splits = sorted(set(rows["split"]))
-            if args.split not in splits:
-                raise ValueError(f"--split {args.split!r}: {source} has the splits {splits} (or pass 'all')")
-            rows = rows.filter(lambda split: split == args.split, input_columns="split")
+        rows = load_evaluation_rows(args.dataset, args.data, args.split, args.images_root, args.test_ids, args.limit)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
-    if args.limit:
-        rows = rows.select(range(min(args.limit, len(rows))))
-    if len(rows) == 0:
-        raise SystemExit(f"no images in the {args.split!r} split of {source}")
-    paths = list(rows["image"])
     try:
-        check_images_readable(paths)
+        check_evaluation_rows(*rows, args.split)  # before the model loads
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
     model = EGMAModel.from_pretrained(args.model).eval()
     processor = EGMAProcessor.from_pretrained(args.model)
-    report = {"model": args.model, "dataset": args.dataset, "dataset_name": entry.title, "data": source,
-              "split": args.split, "num_images": len(rows), "egma_hf_version": __version__,
-              "bootstrap_samples": args.bootstrap}
-    if entry.task != "retrieval":
-        classifier = ZeroShotClassifier.from_prompts(model, processor.tokenizer, prompts, args.ensemble)
-        report.update(prompt_set=prompt_name, ensemble=args.ensemble)
-    logger.info("embedding %d images from %s", len(rows), source)
     try:
-        image_embeds = embed_images(model, image_file_batches(processor.image_processor, paths, args.batch_size))
-    except ValueError as error:  # a file whose header read but whose pixels do not decode
+        report, curves = evaluate_on(model, processor, args.dataset, split=args.split, rows=rows,
+                                     prompts=args.prompts, ensemble=args.ensemble, ks=args.ks,
+                                     batch_size=args.batch_size, bootstrap=args.bootstrap, seed=args.seed)
+    except OSError as error:  # a file whose header read but whose pixels do not decode
         raise SystemExit(str(error)) from error
-
-    curves = {}  # class -> (truth, scores) for the ROC plot
-    if entry.task == "retrieval":
-        report["retrieval"] = expert_query_retrieval(model, processor.tokenizer, image_embeds, list(rows["label"]),
-                                                     args.ks, args.bootstrap, args.seed)
-    else:
-        labels = list(rows["labels"] if entry.task == "multi_label" else rows["label"])
-        report["zero_shot"], curves = score_zero_shot(classifier, image_embeds, labels, args.bootstrap, args.seed)
-
-    report = json.loads(json.dumps(report, default=to_json, allow_nan=False))  # NaN would fail here, unwritten
-    check_report(report, "the evaluation report")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
-    (args.output_dir / "report.md").write_text(markdown_report(report))
-    try:
-        plot_evaluation_report(report, curves, args.output_dir)
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'egma_hf[viz]'): no PNG plots")
+    write_report(report, curves, args.output_dir)
     print(markdown_report(report))
     print(f"written to {args.output_dir}/")
     return 0
-
-
-def to_json(value):
-    """numpy scalars and tensors as JSON numbers and lists."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ a bootstrap interval. The evaluation sets themselves are `egma_hf.data.EVALUATIO
 - `linear_probe`: supervised classification with 1/10/100% of the labels on the (frozen) image tower.
 - `analysis`: embedding clusters and sentence->patch similarity against radiologists' gaze.
 - `plots` and `reports`: the figures (matplotlib) and the Markdown / model-card tables.
+- `protocol`: examples/evaluate.py's run on one evaluation set, `evaluate_on` (rows, model check, report files).
 """
 
 from ..data.images import load_image  # noqa: F401  (importable from the flat egma_hf.evaluation before 0.2)
@@ -37,6 +38,14 @@ from .metrics import (
     roc_auc,
     roc_curve,
 )
+from .protocol import (
+    check_evaluation_rows,
+    check_model_reference,
+    evaluate_on,
+    load_evaluation_rows,
+    write_report,
+    zero_shot_prompts,
+)
 from .reports import check_report, linear_probe_table, load_report, markdown_report, metric_rows, results_table
 from .retrieval import check_ks, expert_query_retrieval, retrieval_metrics
 
@@ -46,19 +55,23 @@ __all__ = [
     "accuracy",
     "auroc_defined",
     "bootstrap_ci",
+    "check_evaluation_rows",
     "check_images_readable",
     "check_ks",
     "check_labels",
+    "check_model_reference",
     "check_report",
     "class_targets",
     "column_aurocs",
     "confusion_matrix",
     "embed_images",
     "evaluate_multi_label",
+    "evaluate_on",
     "evaluate_single_label",
     "expert_query_retrieval",
     "image_file_batches",
     "linear_probe_table",
+    "load_evaluation_rows",
     "load_report",
     "macro_f1",
     "markdown_report",
@@ -73,5 +86,7 @@ __all__ = [
     "roc_curve",
     "run_linear_probe",
     "score_zero_shot",
+    "write_report",
     "zero_shot_auroc",
+"zero_shot_prompts",
 ]
