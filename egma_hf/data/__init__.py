@@ -1,6 +1,7 @@
-"""Chest X-ray data: readers for the eye-gaze sets (EGD-CXR, REFLACX, MIMIC-EYE), sentence heatmaps, gaze-fraction
-subsets, a collator for `EGMAModel`, a synthetic corpus in MIMIC-EYE's file formats, and readers for the public
-evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with synthetic equivalents."""
+"""Chest X-ray data: readers for the eye-gaze sets (EGD-CXR, REFLACX, MIMIC-EYE) and for MIMIC-CXR-JPG, sentence
+heatmaps, gaze-fraction subsets, a collator for `EGMAModel`, a synthetic corpus in MIMIC-EYE's file formats, and
+readers for the public evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with
+synthetic equivalents."""
 
 from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
 from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
@@ -20,8 +21,9 @@ from .evaluation_sets import (
 )
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
 from .images import image_size_of, load_image
+from .mimic_cxr import load_mimic_cxr, mimic_report_text, report_sections
 from .readers import FEATURES, HeatmapSettings, SkipLog, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
-from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_eye
+from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_cxr, make_synthetic_mimic_eye
 
 __all__ = [
     "build_once",
@@ -53,10 +55,14 @@ __all__ = [
     "image_size_of",
     "load_egd_cxr",
     "load_image",
+    "load_mimic_cxr",
     "load_mimic_eye",
+    "mimic_report_text",
     "load_reflacx",
+    "make_synthetic_mimic_cxr",
     "make_synthetic_mimic_eye",
     "prepare_for_training",
     "render_heatmaps",
+    "report_sections",
     "with_gaze_fraction",
 ]

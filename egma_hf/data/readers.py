@@ -264,7 +264,7 @@ def _one_value_per_key(keys, values, key: str, value: str, path) -> dict:
     return mapping
 
 
-def _read_split_file(path: Path, columns: list[str]) -> pd.DataFrame:
+def read_split_file(path: Path, columns: list[str]) -> pd.DataFrame:
     """A MIMIC-CXR split file (`dicom_id`, ..., `split`) as stripped text; blank ids and split names other than
     train / validate / test are errors naming the row."""
     frame = read_csv_file(path, columns, dtype=str, keep_default_na=False)
@@ -352,7 +352,9 @@ def _build_row(
     )
 
 
-def _to_dataset(rows: list[dict], skips: SkipLog, what: str) -> datasets.Dataset:
+def rows_to_dataset(rows: list[dict], skips: SkipLog, what: str) -> datasets.Dataset:
+    """Rows in `FEATURES` -> a Dataset whose `info.description` is the skip summary (also logged); no rows is a
+    ValueError naming `what` and the summary."""
     summary = skips.summary()
     (logger.warning if skips.counts else logger.info)(summary)
     if not rows:
@@ -363,6 +365,13 @@ def _to_dataset(rows: list[dict], skips: SkipLog, what: str) -> datasets.Dataset
 
 # ---------------------------------------------------------------------------------------------------------------
 # Labels
+
+
+def chexpert_positives(frame: pd.DataFrame, columns, path, id_column: str) -> list[list[str]]:
+    """Per row of a CheXpert-style label table, the names of `columns` holding 1.0 (0.0, -1.0 uncertain and blank
+    are not positive); any other cell is a ValueError naming the file, the row, its `id_column` and the column."""
+    values = _label_values(frame, list(columns), path, id_column, _chexpert_cell, CHEXPERT_CELLS).to_numpy()
+    return [[column for column, value in zip(columns, row) if value >= 1.0] for row in values]
 
 
 def _chexpert_name(column: str) -> str:
@@ -757,7 +766,7 @@ def _mimic_splits(image_root: Path) -> dict[str, str]:
     for name in ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz"):
         path = Path(image_root) / name
         if path.is_file():
-            frame = _read_split_file(path, ["dicom_id", "split"])
+            frame = read_split_file(path, ["dicom_id", "split"])
             return _one_value_per_key(frame["dicom_id"], frame["split"], "dicom_id", "split", path)
     return {}
 
@@ -776,7 +785,7 @@ def load_egd_cxr(root, image_root, heatmaps: HeatmapSettings | None = None) -> d
     find_image = _mimic_path_finder(image_root)
     skips = SkipLog("EGD-CXR")
     rows = _read_egd(root, find_image, settings, skips, _mimic_splits(image_root), set())
-    return _to_dataset(rows, skips, str(root))
+    return rows_to_dataset(rows, skips, str(root))
 
 
 def load_reflacx(root, image_root, heatmaps: HeatmapSettings | None = None, min_certainty: int = 4) -> datasets.Dataset:
@@ -799,7 +808,7 @@ def load_reflacx(root, image_root, heatmaps: HeatmapSettings | None = None, min_
     metadata, label_columns = _reflacx_metadata(metadata_files)
     rows = _read_reflacx(metadata, label_columns, main_data / "metadata_phase_*.csv", main_data, find_image, settings,
                          skips, min_certainty, set())
-    return _to_dataset(rows, skips, str(root))
+    return rows_to_dataset(rows, skips, str(root))
 
 
 def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty: int = 4) -> datasets.Dataset:
@@ -823,15 +832,14 @@ def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty:
         splits, study_of, chexpert = {}, {}, {}
         if (jpg / "cxr_split.csv").is_file():
             path = jpg / "cxr_split.csv"
-            frame = _read_split_file(path, ["dicom_id", "study_id", "split"])
+            frame = read_split_file(path, ["dicom_id", "study_id", "split"])
             splits = _one_value_per_key(frame["dicom_id"], frame["split"], "dicom_id", "split", path)
             study_of = _one_value_per_key(frame["dicom_id"], frame["study_id"], "dicom_id", "study_id", path)
         if (jpg / "cxr_chexpert.csv").is_file():
             path = jpg / "cxr_chexpert.csv"
             frame = read_csv_file(path, ["study_id"], dtype=str)
             finding_columns = [c for c in frame.columns if c not in ("subject_id", "study_id")]
-            values = _label_values(frame, finding_columns, path, "study_id", _chexpert_cell, CHEXPERT_CELLS)
-            positives = [_positive(row, finding_columns) for _, row in values.iterrows()]
+            positives = chexpert_positives(frame, finding_columns, path, "study_id")
             chexpert = _one_value_per_key(frame["study_id"], positives, "study_id", "positive labels", path)
 
         def find_image(dicom_id, study_id, subject_id, mimic_path, jpg=jpg, study_of=study_of):
@@ -852,7 +860,7 @@ def load_mimic_eye(root, heatmaps: HeatmapSettings | None = None, min_certainty:
             rows += _read_reflacx(metadata, label_columns, metadata_path, patient / "REFLACX" / "main_data",
                                   find_image, settings, skips, min_certainty, seen, chexpert,
                                   lambda d, s=study_of: s.get(d, ""), written_report, splits)
-    return _to_dataset(rows, skips, str(root))
+    return rows_to_dataset(rows, skips, str(root))
 
 
 def by_split(dataset: datasets.Dataset) -> datasets.DatasetDict:
