@@ -197,7 +197,7 @@ def load_mimic_cxr(root, reports=None, frontal_only: bool = True) -> datasets.Da
     labels_of = _chexpert_labels(root)
     source = _ReportSource(_report_location(root, reports))
 
-    report_cache: dict[str, str | None] = {}
+    texts_of: dict[str, tuple[str, str, list[str]] | None] = {}  # study -> (written report, text, sentences), once
     rows = []
     for dicom_id, study_id, subject_id, split in images[SPLIT_COLUMNS].itertuples(index=False):
         meta = metadata.get(dicom_id)
@@ -210,20 +210,22 @@ def load_mimic_cxr(root, reports=None, frontal_only: bool = True) -> datasets.Da
         study = f"p{subject_id[:2]}/p{subject_id}/s{study_id}"
         try:
             image = resolve_inside(root, f"files/{study}/{dicom_id}.jpg", "dicom_id / study_id / subject_id")
-            if study not in report_cache:
-                report_cache[study] = source.read(f"{study}.txt")
+            if study not in texts_of:
+                written_report = source.read(f"{study}.txt")
+                if written_report is not None:
+                    report = mimic_report_text(written_report)
+                    written_report = (written_report, report, split_report_into_sentences(report))
+                texts_of[study] = written_report
         except ListedPathError as error:
             skips.skip(PATH_ESCAPES, dicom_id, example=f"{split_path.name} {dicom_id}: {error}")
             continue
         if not image.is_file():
             skips.skip("images listed but absent from files/ skipped", dicom_id, example=str(image.relative_to(root)))
             continue
-        written_report = report_cache[study]
-        if written_report is None:
+        if texts_of[study] is None:
             skips.skip("images whose study has no report file skipped", dicom_id, example=f"{study}.txt")
             continue
-        report = mimic_report_text(written_report)
-        sentences = split_report_into_sentences(report)
+        written_report, report, sentences = texts_of[study]
         if not sentences:
             skips.skip("images whose report text (FINDINGS + IMPRESSION) is empty skipped", dicom_id,
                        example=f"{study}.txt")
