@@ -33,6 +33,12 @@ def _gathered_shapes(tensor: torch.Tensor) -> torch.Tensor:
     return shapes
 
 
+def _check_same_shape(tensor: torch.Tensor, caller: str) -> None:
+    shapes = _gathered_shapes(tensor)
+    if (shapes != shapes[0]).any():
+        raise ValueError(f"{caller} needs the same shape on every rank, got {shapes.tolist()} (in rank order)")
+
+
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenation along dim 0 of every rank's `tensor` (same shape on all ranks), without gradient."""
     parts = [torch.empty_like(tensor, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size())]
@@ -65,10 +71,16 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each rank -> (W * B, ...) in rank order, differentiable. Every rank needs the same shape."""
     if world_info()[1] == 1:
         return tensor
-    shapes = _gathered_shapes(tensor)
-    if (shapes != shapes[0]).any():
-        raise ValueError(f"gather_with_grad needs the same shape on every rank, got {shapes.tolist()} (in rank order)")
+    _check_same_shape(tensor, "gather_with_grad")
     return _AllGatherWithGrad.apply(tensor)
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (W * B, ...) in rank order, without gradient (ids, masks). Same shape on every rank."""
+    if world_info()[1] == 1:
+        return tensor
+    _check_same_shape(tensor, "gather")
+    return _all_gather(tensor)
 
 
 def gather_padded(tensor: torch.Tensor, dim: int, fill: float | bool, with_grad: bool) -> torch.Tensor:

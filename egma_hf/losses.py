@@ -6,6 +6,10 @@ functions are L2-normalised; `logit_scale` is the already-exponentiated temperat
 Gaze enters as `gaze_maps` (B, M, N): each sentence's eye-gaze heatmap pooled to the patch grid and scaled to
 max 1 (GS in the paper), and `has_gaze` (B,) marking the samples that have gaze at all.
 
+The contrastive terms take their targets either as each pair's index (every other pair is a negative) or, when
+pairs may share a study (a frontal and a lateral image with one report, two readings of one image), as a (B, G)
+matrix of target probabilities from `same_study_targets`: a pair's positives are all pairs of its study.
+
 Terms:
 - `clip_contrastive_loss`: global InfoNCE (Eqs. 1-2).
 - `multilabel_categorical_crossentropy` + `gaze_mlce_loss`: EGF's sentence<->patch MLCE against gaze labels (Eq. 4).
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .distributed import gather_padded, gather_with_grad, sum_over_ranks, world_info
+from .distributed import gather, gather_padded, gather_with_grad, sum_over_ranks, world_info
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,13 +41,23 @@ def clip_contrastive_loss(
     One process: `logits_per_image` is a square (B, B) matrix whose diagonal holds the matching pairs, and
     `logits_per_text` defaults to its transpose. Over a gathered global batch of G pairs (see `EGMALoss`):
     `logits_per_image` (B, G) scores the local images against all texts, `logits_per_text` (B, G) the local texts
-    against all images, and `targets` (B,) holds each local pair's index in the global batch.
+    against all images, and `targets` (B,) holds each local pair's index in the global batch. `targets` may
+    instead be a (B, G) matrix of target probabilities (rows summing to 1; `same_study_targets`).
     """
     logits_per_image = _full(logits_per_image)
     logits_per_text = logits_per_image.t() if logits_per_text is None else _full(logits_per_text)
     if targets is None:
         targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
     return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+
+
+def same_study_targets(study_ids: torch.Tensor, all_study_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-positive InfoNCE targets: (B,) local study ids against the (G,) ids of the whole batch (default: the
+    local ones) -> (B, G) float32, row k spread evenly over the pairs of k's study (its own pair included). With
+    distinct ids this is the one-hot matrix of the pairs' own indices."""
+    all_study_ids = study_ids if all_study_ids is None else all_study_ids
+    same = (study_ids[:, None] == all_study_ids[None, :]).float()
+    return same / same.sum(1, keepdim=True)
 
 
 def _masked_mlce(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -183,7 +197,7 @@ def fine_grained_contrastive_loss(
     One process: both inputs are (B, B) with the pairs on the diagonal. Over a gathered global batch of G pairs (see
     `EGMALoss`): `image_to_text` (B, G) scores the local images against all reports; `text_to_image` is (G, B), all
     images against the local reports, for `"images"`, or (B, G) for `"texts"`; `targets` (B,) holds each local
-    pair's index in the global batch.
+    pair's index in the global batch, or is a (B, G) matrix of target probabilities (`same_study_targets`).
     """
     if targets is None:
         targets = torch.arange(image_to_text.shape[0], device=image_to_text.device)
@@ -354,6 +368,7 @@ class EGMALoss:
         logit_scale: torch.Tensor,
         gaze_maps: torch.Tensor | None = None,
         has_gaze: torch.Tensor | None = None,
+        study_ids: torch.Tensor | None = None,
     ) -> EGMALossOutput:
         """
         Args:
@@ -363,6 +378,8 @@ class EGMALoss:
             gaze_maps: (B, M, N) in [0, 1] or None; has_gaze: (B,) bool or None (None = no sample has gaze). An
                 all-False has_gaze gives the same loss as None, only computed the long way; the loss never reads it
                 back to the host, which would make a GPU step wait (EGMAModel passes None for gaze-free batches).
+            study_ids: (B,) int64 or None. Pairs with the same id (images of one study) are positives of each other
+                in the contrastive terms, over the global batch; None: each pair is its own positive only.
         Every report needs at least one real sentence, which EGMAModel checks on its inputs; the loss does not
         check the mask again, for the same reason.
         """
@@ -371,6 +388,9 @@ class EGMALoss:
         gathering = world_size > 1
         batch = image_embeds.shape[0]
         targets = rank * batch + torch.arange(batch, device=image_embeds.device)  # local pairs' global indices
+        if study_ids is not None:
+            study_ids = study_ids.to(image_embeds.device)
+            targets = same_study_targets(study_ids, gather(study_ids) if gathering else None)
         if gaze_maps is None or has_gaze is None:
             gaze_maps, has_gaze = None, None
         terms = {}
@@ -383,7 +403,7 @@ class EGMALoss:
                     targets,
                 )
             else:
-                terms["global_loss"] = clip_contrastive_loss(logit_scale * images @ texts.t())
+                terms["global_loss"] = clip_contrastive_loss(logit_scale * images @ texts.t(), targets=targets)
         if config.mlce_loss_weight > 0:
             # Over several processes, "gaze_samples" divides by the global number of gaze samples.
             count_globally = gathering and config.mlce_reduction == "gaze_samples"

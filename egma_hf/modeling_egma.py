@@ -526,6 +526,7 @@ class EGMAModel(EGMAPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         gaze_heatmaps: torch.Tensor | None = None,
         has_gaze: torch.Tensor | None = None,
+        study_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> EGMAOutput:
@@ -534,6 +535,8 @@ class EGMAModel(EGMAPreTrainedModel):
         pixel_values: (B, 3, H, W).
         gaze_heatmaps: optional (B, M, h, w) per-sentence heatmaps on the patch grid (see module docstring).
         has_gaze: optional (B,) bool, which samples have gaze (default: all, when `gaze_heatmaps` is given).
+        study_ids: optional (B,) int64; pairs with the same id (images of one study, readings of one image) are
+            positives of each other in the loss's contrastive terms instead of negatives.
         return_loss: compute the EGMA loss; needs B == T matching image-report pairs.
         output_hidden_states, output_attentions, return_dict: as in `CLIPModel`; the towers' hidden states and
             attentions are in `vision_model_output` / `text_model_output`.
@@ -576,6 +579,10 @@ class EGMAModel(EGMAPreTrainedModel):
                 )
             if patch_embeds is None:
                 raise ValueError(f"EGMA's loss needs patch embeddings: {self._no_patch_grid_reason}")
+            if study_ids is not None and (tuple(study_ids.shape) != (image_embeds.shape[0],)
+                                          or study_ids.is_floating_point() or study_ids.dtype == torch.bool):
+                raise ValueError(f"study_ids must be ({image_embeds.shape[0]},) integer ids, one per pair; got "
+                                 f"{tuple(study_ids.shape)} {study_ids.dtype}")
             losses = self.loss_function(
                 image_embeds,
                 text_embeds,
@@ -585,6 +592,7 @@ class EGMAModel(EGMAPreTrainedModel):
                 logit_scale,
                 gaze_maps=gaze_maps,
                 has_gaze=has_gaze if gaze_maps is not None else None,
+                study_ids=study_ids,
             )
             terms = vars(losses)
 

@@ -5,6 +5,7 @@ synthetic equivalents."""
 
 from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
 from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
+from .combine import attach_gaze, subject_splits
 from .evaluation_sets import (
     CHEXPERT_5X200_CLASSES,
     CHEXPERT_8X200_CLASSES,
@@ -20,12 +21,14 @@ from .evaluation_sets import (
     load_siim_acr,
 )
 from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_shape, render_heatmaps
+from .image_text import load_image_text
 from .images import image_size_of, load_image
 from .mimic_cxr import load_mimic_cxr, mimic_report_text, report_sections
 from .readers import FEATURES, HeatmapSettings, SkipLog, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
 from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_cxr, make_synthetic_mimic_eye
 
 __all__ = [
+    "attach_gaze",
     "build_once",
     "cached_synthetic_corpus",
     "cached_synthetic_evaluation_sets",
@@ -55,6 +58,7 @@ __all__ = [
     "image_size_of",
     "load_egd_cxr",
     "load_image",
+    "load_image_text",
     "load_mimic_cxr",
     "load_mimic_eye",
     "mimic_report_text",
@@ -64,5 +68,6 @@ __all__ = [
     "prepare_for_training",
     "render_heatmaps",
     "report_sections",
+    "subject_splits",
     "with_gaze_fraction",
 ]

@@ -1,5 +1,6 @@
 """From dataset rows to training batches: gaze-fraction subsets (the paper's ablation) and the collator."""
 
+import hashlib
 import math
 import numbers
 from collections.abc import Mapping
@@ -85,6 +86,14 @@ def prepare_for_training(dataset: datasets.Dataset, image_processor, num_proc: i
     return prepared.with_format("numpy", columns=["pixel_values", "gaze_grid"], output_all_columns=True)
 
 
+def study_id_of(row: Mapping) -> int:
+    """A row's study as a 63-bit integer that is the same in every process: a hash of `subject_id/study_id`, or of
+    the image path when the row names no study (then each image is a study of its own)."""
+    study = str(row.get("study_id") or "")
+    key = f"{row.get('subject_id') or ''}/{study}" if study else f"image:{row.get('image', row.get('reading_id'))}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
 class EGMADataCollator:
     """Rows of a gaze dataset -> the batch `EGMAModel` expects, through `EGMAProcessor`.
 
@@ -92,18 +101,26 @@ class EGMADataCollator:
     row's `sentence_heatmaps` go through the processor's image geometry when `has_gaze` is set. Rows that went
     through `prepare_for_training` skip all of that and are only stacked and padded. An empty batch, a row that
     is not a mapping, lacks a column, or a mix of prepared and unprepared rows is a ValueError naming the row.
+
+    With `same_study_positives` (default), the batch carries `study_ids` (`study_id_of` each row), so that the
+    model's contrastive terms treat pairs of one study (a frontal and a lateral image of one report, two readings of
+    one image) as positives of each other rather than as negatives; False leaves them out (every other pair is a
+    negative, as in CLIP).
     """
 
-    def __init__(self, processor, max_length: int = 77, image_loader=load_image):
+    def __init__(self, processor, max_length: int = 77, image_loader=load_image, same_study_positives: bool = True):
         if not callable(processor):
             raise TypeError(f"processor must be an EGMAProcessor, got {type(processor).__name__}")
         if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
             raise ValueError(f"max_length must be an integer >= 1 (tokens per sentence), got {max_length!r}")
         if not callable(image_loader):
             raise TypeError(f"image_loader must be a function of an image path, got {type(image_loader).__name__}")
+        if not isinstance(same_study_positives, bool):
+            raise TypeError(f"same_study_positives must be True or False, got {same_study_positives!r}")
         self.processor = processor
         self.max_length = max_length
         self.image_loader = image_loader
+        self.same_study_positives = same_study_positives
 
     @staticmethod
     def _check_rows(rows) -> bool:
@@ -126,6 +143,12 @@ class EGMADataCollator:
         return prepared
 
     def __call__(self, rows: list[dict]):
+        batch = self._collate(rows)
+        if self.same_study_positives:
+            batch["study_ids"] = torch.tensor([study_id_of(row) for row in rows], dtype=torch.long)
+        return batch
+
+    def _collate(self, rows: list[dict]):
         prepared = self._check_rows(rows)
         sentences = [list(row["sentences"]) for row in rows]
         if prepared:  # prepared by `prepare_for_training`: no decoding, no resizing

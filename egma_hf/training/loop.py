@@ -171,7 +171,7 @@ def prepare_run(settings: TrainingSettings, accelerator, splits: dict) -> _Run:
         model.loss_function = EGMALoss(model.config, gather_with_grad=False)
     with accelerator.main_process_first():
         prepared = {name: prepare_for_training(data, processor.image_processor) for name, data in splits.items()}
-    collate = EGMADataCollator(processor)
+    collate = EGMADataCollator(processor, same_study_positives=settings.same_study == "positives")
 
     def collate_with_ids(rows):
         batch = collate(rows)

@@ -46,8 +46,13 @@ class TrainingSettings:
 
     config: str | None = flag(help="YAML or JSON file with any of these flags")
     data: str | None = flag(
-        help="MIMIC-EYE / EGD-CXR / REFLACX root, or a dataset saved with save_to_disk (default: synthetic)")
+        help="MIMIC-EYE / EGD-CXR / REFLACX / MIMIC-CXR-JPG root, or a dataset saved with save_to_disk (default: "
+             "synthetic)")
     image_root: str | None = flag(help="MIMIC-CXR(-JPG) root, for EGD-CXR and REFLACX roots")
+    gaze_data: str | None = flag(
+        help="gaze readings to attach to --data's images by dicom_id: a MIMIC-EYE / EGD-CXR / REFLACX root or a saved "
+             "dataset; --gaze_fraction is the fraction of these readings that keep their gaze")
+    all_views: bool = flag(False, help="MIMIC-CXR --data: every view, not only frontal (PA / AP) images")
     cache_dir: str = flag(default_factory=lambda: str(default_cache_dir()))
     synthetic_samples: int = flag(640, help="readings in the synthetic corpus")
     corpus_seed: int | None = flag(
@@ -77,6 +82,10 @@ class TrainingSettings:
     resume: str | None = flag(help='"latest" (the newest complete checkpoint in --output_dir) or a checkpoint folder')
     activation_checkpointing: bool = flag(False)
     no_gather_with_grad: bool = flag(False, help="contrast against the local batch only")
+    same_study: str = flag(
+        "positives", choices=["positives", "negatives"],
+        help="pairs of one study (frontal + lateral images of one report, readings of one image): positives of each "
+             "other in the contrastive terms, or negatives as in CLIP")
     report_to: str = flag("none", choices=["none", "tensorboard"])
     num_workers: int = flag(0)
     num_threads: int | None = flag(
@@ -161,11 +170,13 @@ class TrainingSettings:
         if isinstance(recipe, str) and recipe not in ("auto", *RECIPE_SIGMAS):
             raise SystemExit(f"--heatmap_recipe must be auto, {', '.join(sorted(RECIPE_SIGMAS))} or a sigma in pixels, "
                              f"got {recipe!r}")
-        for name in ("vision_model", "text_model", "init_from", "data", "image_root"):
+        for name in ("vision_model", "text_model", "init_from", "data", "image_root", "gaze_data"):
             value = getattr(self, name)
-            local = name in ("data", "image_root", "init_from") or str(value).startswith((".", "/"))
+            local = name in ("data", "image_root", "init_from", "gaze_data") or str(value).startswith((".", "/"))
             if value and local and not Path(value).exists():
                 raise SystemExit(f"--{name}: {value} does not exist")
+        if self.gaze_data and not self.data:
+            raise SystemExit("--gaze_data attaches gaze readings to the images of --data: give --data too")
         if bool(self.vision_model) != bool(self.text_model):
             raise SystemExit("--vision_model and --text_model go together")
         if self.init_from and self.vision_model:

@@ -11,9 +11,11 @@ from transformers import AutoTokenizer, BertTokenizerFast
 from .. import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
 from ..data import (
     HeatmapSettings,
+    attach_gaze,
     build_once,
     cached_synthetic_corpus,
     load_egd_cxr,
+    load_mimic_cxr,
     load_mimic_eye,
     load_reflacx,
 )
@@ -50,19 +52,42 @@ def load_readings(settings: TrainingSettings, accelerator=None) -> tuple[dataset
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return datasets.load_from_disk(cached), f"synthetic corpus ({settings.synthetic_samples} readings) in {corpus}"
-    root = Path(settings.data)
+    corpus, source = load_data_root(settings.data, settings)
+    if settings.gaze_data is None:
+        return corpus, source
+    gaze, gaze_source = load_data_root(settings.gaze_data, settings, "--gaze_data", image_root=settings.data)
+    if not any(gaze["has_gaze"]):
+        raise SystemExit(f"--gaze_data {settings.gaze_data}: {gaze_source} has no reading with gaze")
+    try:
+        combined = attach_gaze(corpus, gaze)
+    except ValueError as error:
+        raise SystemExit(f"--data {settings.data} with --gaze_data {settings.gaze_data}: {error}") from error
+    return combined, f"{source} with gaze from {gaze_source}"
+
+
+def load_data_root(path, settings: TrainingSettings, flag: str = "--data", image_root=None):
+    """The rows under one data root, whatever its format, and a description; SystemExit naming `flag` when the
+    folder is none of the known formats. `image_root` is the default MIMIC-CXR root of EGD-CXR / REFLACX roots."""
+    root = Path(path)
+    recipe = settings.heatmap_sigma_or_recipe()
     heatmaps = HeatmapSettings(recipe="egma" if recipe == "auto" else recipe)
+    image_root = settings.image_root or image_root
     if (root / "dataset_info.json").is_file() or (root / "state.json").is_file():
         return datasets.load_from_disk(root), f"saved dataset {root}"
     if any(root.glob("patient_*")):
         return load_mimic_eye(root, heatmaps), f"MIMIC-EYE {root}"
-    if settings.image_root is None:
-        raise SystemExit(f"--data {root} is not MIMIC-EYE: give --image_root (the MIMIC-CXR images)")
-    if (root / "master_sheet.csv").is_file():
-        return load_egd_cxr(root, settings.image_root, heatmaps), f"EGD-CXR {root}"
-    if (root / "main_data").is_dir():
-        return load_reflacx(root, settings.image_root, heatmaps), f"REFLACX {root}"
-    raise SystemExit(f"--data {root}: not a saved dataset, MIMIC-EYE, EGD-CXR or REFLACX root")
+    if any(root.glob("mimic-cxr-2.0.0-split.csv*")):
+        views = "all views" if settings.all_views else "frontal views"
+        return load_mimic_cxr(root, frontal_only=not settings.all_views), f"MIMIC-CXR-JPG {root} ({views})"
+    egd, reflacx = (root / "master_sheet.csv").is_file(), (root / "main_data").is_dir()
+    if (egd or reflacx) and image_root is None:
+        raise SystemExit(f"{flag} {root} is {'EGD-CXR' if egd else 'REFLACX'}: give --image_root (the MIMIC-CXR "
+                         "images)")
+    if egd:
+        return load_egd_cxr(root, image_root, heatmaps), f"EGD-CXR {root}"
+    if reflacx:
+        return load_reflacx(root, image_root, heatmaps), f"REFLACX {root}"
+    raise SystemExit(f"{flag} {root}: not a saved dataset, MIMIC-EYE, EGD-CXR, REFLACX or MIMIC-CXR-JPG root")
 
 
 def build_tokenizer(texts, save_dir=None, characters: bool = True, **tokenizer_kwargs) -> BertTokenizerFast:

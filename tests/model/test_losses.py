@@ -318,3 +318,67 @@ def test_all_false_has_gaze_gives_the_same_loss_as_no_gaze(batch):
     assert without.mlce_loss == 0 and all_false.mlce_loss == 0
     for name in ("loss", "global_loss", "fine_grained_loss", "egm_loss"):
         close(getattr(all_false, name), getattr(without, name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pairs of one study are positives of each other (multi-positive targets)
+
+
+def ref_multi_positive_rows(logits, study_ids):
+    """mean over rows r of -(1 / |P_r|) sum over p in P_r of log softmax(logits[r])[p], P_r: r's study's pairs."""
+    rows = []
+    for r in range(logits.shape[0]):
+        positives = [p for p in range(logits.shape[1]) if study_ids[p] == study_ids[r]]
+        rows.append(-torch.log_softmax(logits[r], 0)[positives].mean())
+    return torch.stack(rows).mean()
+
+
+STUDIES = torch.tensor([4, 9, 4, 2])  # pairs 0 and 2: one study
+
+
+def test_same_study_pairs_are_positives_in_both_contrastive_terms(batch):
+    image_embeds = F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1)
+    text_embeds = F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1)
+    config = tiny_config(global_loss_weight=1.0, mlce_loss_weight=1.0, fine_grained_loss_weight=1.0,
+                         egm_loss_weight=1.0)
+    args = (image_embeds, text_embeds, batch["patch_embeds"], batch["sentence_embeds"], batch["sentence_mask"], T,
+            batch["gaze_maps"], batch["has_gaze"])
+    out = EGMALoss(config)(*args, study_ids=STUDIES)
+    close(out.global_loss, 0.5 * (ref_multi_positive_rows(T * image_embeds @ text_embeds.T, STUDIES)
+                                  + ref_multi_positive_rows(T * text_embeds @ image_embeds.T, STUDIES)))
+    z_image, z_text = ref_fine_grained(*batch["samples"][:2], T)
+    close(out.fine_grained_loss, 0.5 * (ref_multi_positive_rows(z_image, STUDIES)
+                                        + ref_multi_positive_rows(z_text.T, STUDIES)))
+    plain = EGMALoss(config)(*args)
+    assert not torch.isclose(out.global_loss, plain.global_loss)
+    close(out.mlce_loss, plain.mlce_loss)  # within-sample terms: no negatives, nothing changes
+    close(out.egm_loss, plain.egm_loss)
+    distinct = EGMALoss(config)(*args, study_ids=torch.tensor([1, 2, 3, 4]))  # distinct ids: CLIP's targets
+    for name in ("loss", "global_loss", "fine_grained_loss"):
+        close(getattr(distinct, name), getattr(plain, name))
+
+
+def test_model_passes_study_ids_to_the_loss_and_checks_them():
+    from egma_hf import EGMAImageProcessor, EGMAModel, EGMAProcessor
+    from tests.helpers import GRID, IMAGE_SIZE, make_batch, make_tokenizer
+
+    torch.manual_seed(0)
+    model = EGMAModel(tiny_config(global_loss_weight=1.0)).eval()
+    model.logit_scale.data.fill_(math.log(100.0))  # random towers' similarities differ by little: sharpen them
+    processor = EGMAProcessor(EGMAImageProcessor(size=IMAGE_SIZE, gaze_grid_size=GRID), make_tokenizer())
+    inputs = dict(make_batch(processor))
+    with torch.no_grad():
+        plain = model(**inputs, return_loss=True)
+        shared = model(**inputs, study_ids=torch.tensor([5, 6, 5]), return_loss=True)  # 0, 2: one study
+        distinct = model(**inputs, study_ids=torch.tensor([5, 6, 7]), return_loss=True)
+    close(distinct.global_loss, plain.global_loss)
+    expected = EGMALoss(model.config)(shared.image_embeds, shared.text_embeds, shared.patch_embeds,
+                                      shared.sentence_embeds, shared.sentence_mask, torch.tensor(100.0),
+                                      study_ids=torch.tensor([5, 6, 5]))
+    close(shared.global_loss, expected.global_loss)
+    assert not torch.isclose(shared.global_loss, plain.global_loss)
+    close(shared.mlce_loss, plain.mlce_loss)
+    with pytest.raises(ValueError, match=r"study_ids must be \(3,\) integer ids"):
+        model(**inputs, study_ids=torch.tensor([1.0, 2.0, 3.0]), return_loss=True)
+    with pytest.raises(ValueError, match=r"study_ids must be \(3,\) integer ids"):
+        model(**inputs, study_ids=torch.tensor([1, 2]), return_loss=True)

@@ -31,6 +31,8 @@ GAZE_PATTERNS = {
     "rank0-without-gaze": [False, False, False, True, False, True],
 }
 LOSS_CASES = list(itertools.product(("images", "texts"), ("batch", "gaze_samples"), GAZE_PATTERNS))
+# pairs 0 and 1 share a study on rank 0, pair 2 (rank 0) and pair 4 (rank 1) share one across the ranks
+STUDY_IDS = torch.tensor([11, 11, 7, 3, 7, 5])
 FEATURES = ("image_embeds", "text_embeds", "patch_embeds", "sentence_embeds", "logit_scale")
 TERMS = ("loss", "global_loss", "mlce_loss", "fine_grained_loss", "egm_loss")
 
@@ -136,6 +138,11 @@ def _worker(rank, directory):
         loss_with_grads(EGMALoss(loss_config(over, reduction)), rank_slice(global_features(gaze), rank, COUNTS))
         for over, reduction, gaze in LOSS_CASES
     ]
+    results["same_study"] = [
+        loss_with_grads(EGMALoss(loss_config(over, "batch")),
+                        rank_slice(dict(global_features("mixed-gaze"), study_ids=STUDY_IDS), rank, COUNTS))
+        for over in ("images", "texts")
+    ]
     results["local_only"] = loss_with_grads(
         EGMALoss(loss_config("images", "gaze_samples"), gather_with_grad=False),
         rank_slice(global_features("mixed-gaze"), rank, COUNTS),
@@ -197,6 +204,19 @@ def test_loss_terms_and_gradients_match_one_process(ranks, case):
                            for g in rank_grads])
     close(sentences / WORLD_SIZE, grads["sentence_embeds"])
     close(torch.stack([g["logit_scale"] for g in rank_grads]).mean(), grads["logit_scale"])
+
+
+@pytest.mark.parametrize("case, over", enumerate(("images", "texts")))
+def test_same_study_positives_match_one_process(ranks, case, over):
+    """Multi-positive targets over the gathered batch: a study shared across the ranks is positive on both."""
+    features = dict(global_features("mixed-gaze"), study_ids=STUDY_IDS)
+    terms, grads = loss_with_grads(EGMALoss(loss_config(over, "batch")), features)
+    plain = loss_with_grads(EGMALoss(loss_config(over, "batch")), global_features("mixed-gaze"))[0]
+    assert abs(terms["global_loss"] - plain["global_loss"]) > 1e-3  # the shared studies change the targets
+    for name in TERMS:
+        close(torch.stack([r["same_study"][case][0][name] for r in ranks]).mean(), terms[name])
+    for key in ("image_embeds", "text_embeds"):
+        close(torch.cat([r["same_study"][case][1][key] for r in ranks]) / WORLD_SIZE, grads[key])
 
 
 def test_gather_with_grad_false_keeps_the_loss_local(ranks):
