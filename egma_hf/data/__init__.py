@@ -1,10 +1,12 @@
-"""Chest X-ray data: readers for the eye-gaze sets (EGD-CXR, REFLACX, MIMIC-EYE) and for MIMIC-CXR-JPG, sentence
+"""Chest X-ray data: readers for the eye-gaze sets (EGD-CXR, REFLACX, MIMIC-EYE, pre-rendered heatmap folders) and
+for the large corpora (MIMIC-CXR-JPG, CheXpert Plus, any image-text dataset) with `attach_gaze` to join them, sentence
 heatmaps, gaze-fraction subsets, a collator for `EGMAModel`, a synthetic corpus in MIMIC-EYE's file formats, and
 readers for the public evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with
 synthetic equivalents."""
 
 from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
 from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
+from .chexpert_plus import load_chexpert_plus
 from .combine import attach_gaze, subject_splits
 from .evaluation_sets import (
     CHEXPERT_5X200_CLASSES,
@@ -24,8 +26,15 @@ from .heatmaps import Fixations, Sentence, group_words_into_sentences, heatmap_s
 from .image_text import load_image_text
 from .images import image_size_of, load_image
 from .mimic_cxr import load_mimic_cxr, mimic_report_text, report_sections
+from .prerendered_gaze import load_prerendered_gaze
 from .readers import FEATURES, HeatmapSettings, SkipLog, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
-from .synthetic import make_synthetic_evaluation_sets, make_synthetic_mimic_cxr, make_synthetic_mimic_eye
+from .synthetic import (
+    make_synthetic_chexpert_plus,
+    make_synthetic_evaluation_sets,
+    make_synthetic_mimic_cxr,
+    make_synthetic_mimic_eye,
+    write_prerendered_gaze,
+)
 
 __all__ = [
     "attach_gaze",
@@ -43,8 +52,10 @@ __all__ = [
     "load_chexpert",
     "load_chexpert_5x200",
     "load_chexpert_8x200",
+    "load_chexpert_plus",
     "load_rsna_pneumonia",
     "load_siim_acr",
+    "make_synthetic_chexpert_plus",
     "make_synthetic_evaluation_sets",
     "FEATURES",
     "EGMADataCollator",
@@ -61,6 +72,7 @@ __all__ = [
     "load_image_text",
     "load_mimic_cxr",
     "load_mimic_eye",
+    "load_prerendered_gaze",
     "mimic_report_text",
     "load_reflacx",
     "make_synthetic_mimic_cxr",
@@ -70,4 +82,5 @@ __all__ = [
     "report_sections",
     "subject_splits",
     "with_gaze_fraction",
+    "write_prerendered_gaze",
 ]

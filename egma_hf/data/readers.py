@@ -20,6 +20,7 @@ what the format says (a label cell outside the format's encoding, an image in tw
 parse) is an error naming the file, the row and the column.
 """
 
+import functools
 import gzip
 import json
 import logging
@@ -149,6 +150,12 @@ class ListedPathError(ValueError):
     """A path or id read from a data file that would lead outside the folder it must stay in."""
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved(root: Path) -> Path:
+    """`root.resolve()`, once per root: readers check every listed path of a corpus against the same root."""
+    return root.resolve()
+
+
 def resolve_inside(root, listed, what: str = "listed path") -> Path:
     """`root / listed` for a path or id read from a data file, once checked to stay inside `root` with `..`, an
     absolute path and symbolic links resolved. Raises `ListedPathError` (naming `what`) if it leads outside. The
@@ -156,7 +163,7 @@ def resolve_inside(root, listed, what: str = "listed path") -> Path:
     root = Path(root)
     candidate = root / str(listed)
     try:
-        inside = candidate.resolve().is_relative_to(root.resolve())
+        inside = candidate.resolve().is_relative_to(_resolved(root))
     except (OSError, ValueError) as error:  # a NUL byte, a symlink loop, a name too long
         raise ListedPathError(f"{what} {str(listed)!r} is not a usable path ({error})") from None
     if not inside:

@@ -1,6 +1,7 @@
 """Synthetic data in the real file formats: a MIMIC-EYE corpus (`make_synthetic_mimic_eye`), a MIMIC-CXR-JPG tree
-with reports that can include it (`make_synthetic_mimic_cxr`) and the public evaluation sets
-(`make_synthetic_evaluation_sets`).
+with reports that can include it (`make_synthetic_mimic_cxr`), a CheXpert Plus table (`make_synthetic_chexpert_plus`),
+pre-rendered gaze folders in the released EGMA and CoGaze layouts (`write_prerendered_gaze`) and the public evaluation
+sets (`make_synthetic_evaluation_sets`).
 
 - `core`: the records the generators share (findings, sentences, studies, readings).
 - `anatomy`: drawing chest X-ray-like images and the findings' boxes and masks.
@@ -11,8 +12,17 @@ with reports that can include it (`make_synthetic_mimic_cxr`) and the public eva
   corpus CLI).
 """
 
+from .chexpert_plus import make_synthetic_chexpert_plus
 from .evaluation_sets import make_synthetic_evaluation_sets
 from .mimic_cxr import make_synthetic_mimic_cxr
 from .mimic_eye import main, make_synthetic_mimic_eye
+from .prerendered_gaze import write_prerendered_gaze
 
-__all__ = ["make_synthetic_evaluation_sets", "make_synthetic_mimic_cxr", "make_synthetic_mimic_eye", "main"]
+__all__ = [
+    "main",
+    "make_synthetic_chexpert_plus",
+    "make_synthetic_evaluation_sets",
+    "make_synthetic_mimic_cxr",
+    "make_synthetic_mimic_eye",
+    "write_prerendered_gaze",
+]
