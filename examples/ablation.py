@@ -3,6 +3,8 @@
     python examples/ablation.py                       # synthetic corpus, 3 seeds, 30 runs (~2.4 h on 2 CPU cores)
     python examples/ablation.py --quick               # smoke run (the tests): tiny corpus, 2 steps, 2 seeds
     python examples/ablation.py --seeds 0 1 2 3 4 --output_dir ablation-5seeds
+    python examples/ablation.py --data /data/mimic-cxr-jpg --gaze_data /data/mimic-eye --sweep_only \
+        --gaze_fractions 0 1 --output_dir ablation-corpus   # gaze on MIMIC-CXR's gaze subset, or none
     python examples/ablation.py --data /data/mimic-eye --vision_model microsoft/swin-tiny-patch4-window7-224 \\
         --text_model emilyalsentzer/Bio_ClinicalBERT --max_steps 2000 --lr 1e-5 --global_loss_weight 0
     accelerate launch --multi_gpu --num_processes 4 examples/ablation.py --data ...   # every run on 4 GPUs
@@ -76,6 +78,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     add("--synthetic_samples", type=int, help="readings in the synthetic corpus (default 640; 48 with --quick)")
     add("--corpus_seed", type=int, default=0, help="seed of the one synthetic corpus that every run uses")
     add("--data", help="a real data root or saved dataset, as pretrain.py's --data (default: synthetic corpus)")
+    add("--sweep_only", action="store_true",
+        help="train only the EGF+EGM gaze-fraction sweep, e.g. --gaze_fractions 0 1 with --gaze_data: gaze on a "
+             "corpus' gaze subset against the same corpus without it")
     add("--image_root", help="MIMIC-CXR(-JPG) root, for EGD-CXR and REFLACX roots")
     add("--vision_model", help="pretrained vision tower (default: pretrain.py's small CNN from scratch)")
     add("--text_model", help="pretrained text tower and its tokenizer (default: a 2-layer BERT from scratch)")
@@ -105,7 +110,7 @@ def plan_of(args, passed_on) -> AblationPlan:
                                batch_size=args.batch_size, cache_dir=args.cache_dir, vision_model=args.vision_model,
                                text_model=args.text_model, image_size=args.image_size, **data)
     return AblationPlan(base, seeds=args.seeds, gaze_fractions=args.gaze_fractions, output_dir=Path(args.output_dir),
-                        passed_to_pretrain=passed_on)
+                        passed_to_pretrain=passed_on, sweep_only=args.sweep_only)
 
 
 def main(argv=None):

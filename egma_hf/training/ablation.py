@@ -62,10 +62,12 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.3g}%"
 
 
-def plan_rows(gaze_fractions) -> list[dict]:
-    """The table's rows; each names the (preset, gaze fraction) its runs train. Rows may share runs."""
-    rows = [dict(row=name, group="table4", losses=preset, gaze_fraction=0.0 if preset == "no_gaze" else 1.0)
-            for name, preset in TABLE4]
+def plan_rows(gaze_fractions, sweep_only: bool = False) -> list[dict]:
+    """The table's rows; each names the (preset, gaze fraction) its runs train. Rows may share runs. With
+    `sweep_only`, the EGF+EGM gaze-fraction sweep alone (its first fraction is then the baseline)."""
+    rows = [] if sweep_only else [
+        dict(row=name, group="table4", losses=preset, gaze_fraction=0.0 if preset == "no_gaze" else 1.0)
+        for name, preset in TABLE4]
     for fraction in sorted(gaze_fractions):
         rows.append(dict(row=f"EGF+EGM, {percent(fraction)} gaze", group="gaze_sweep", losses=SWEEP_PRESET,
                          gaze_fraction=float(fraction)))
@@ -89,9 +91,10 @@ class AblationPlan:
     gaze_fractions: list[float]
     output_dir: Path
     passed_to_pretrain: list[str] = field(default_factory=list)
+    sweep_only: bool = False  # the EGF+EGM gaze-fraction sweep without Table 4's other configurations
 
     def rows(self) -> list[dict]:
-        return plan_rows(self.gaze_fractions)
+        return plan_rows(self.gaze_fractions, self.sweep_only)
 
     def runs(self) -> list[Run]:
         return plan_runs(self.rows(), self.seeds)
@@ -119,7 +122,8 @@ _TEST_SPLITS = {}  # prepared test split per corpus and image geometry: every ru
 
 
 def held_out_split(settings: TrainingSettings, image_processor):
-    key = (settings.data, settings.synthetic_samples, settings.corpus_seed, image_processor.to_json_string())
+    key = (settings.data, settings.gaze_data, settings.synthetic_samples, settings.corpus_seed,
+           image_processor.to_json_string())
     if key not in _TEST_SPLITS:
         readings, source = load_readings(settings)  # built by the first run already
         splits = by_split(readings)
@@ -267,7 +271,9 @@ def _gain_cell(row, baseline_row) -> str:
 def markdown_table(summary, settings: dict) -> str:
     metrics = [m for m in METRICS if any(m in row["mean"] for row in summary)]
     lines = ["# EGMA ablation (paper Table 4 and gaze fraction)", "",
-             f"Data: {settings['data']}; {settings['max_steps']} optimiser steps per run, "
+             f"Data: {settings['data']}"
+             + (f" with gaze from {settings['gaze_data']}" if settings.get("gaze_data") else "")
+             + f"; {settings['max_steps']} optimiser steps per run, "
              f"batch {settings['batch_size']}; "
              f"seeds {settings['seeds']}. Held-out test split ({settings['test_readings']} readings). "
              "Cells: mean ± sample std (ddof 1) over seeds.", "",
@@ -289,7 +295,9 @@ def markdown_table(summary, settings: dict) -> str:
               "its own image; chance R@1 = 1 / test readings).",
               "- The sweep's 100% row is the EGF+EGM row above (the same runs). Its 0% row is a run of its own: "
               "with no gaze, MLCE is zero but EGM still maps each modality onto the other with the model's own "
-              "similarities, so it differs from the baseline (global + fine-grained only).",
+              "similarities, so it differs from the baseline (global + fine-grained only)." if not
+              settings.get("sweep_only") else "- The baseline is the sweep's first row: the same corpus, texts and "
+              "runs with gaze on fewer (or no) training readings.",
               "- Every configuration adds the global InfoNCE (weight "
               f"{settings['global_loss_weight']}); all runs share towers, data and step count."]
     return "\n".join(lines) + "\n"
@@ -329,7 +337,7 @@ def write_results(plan: AblationPlan, summary, metrics_of) -> str:
     base, out = plan.base, Path(plan.output_dir)
     first = next(iter(metrics_of.values()))
     synthetic = f"synthetic corpus, {base.synthetic_samples} readings, corpus seed {base.corpus_seed}"
-    settings = {"data": base.data or synthetic,
+    settings = {"data": base.data or synthetic, "gaze_data": base.gaze_data, "sweep_only": plan.sweep_only,
                 "max_steps": base.max_steps, "batch_size": base.batch_size, "seeds": plan.seeds,
                 "gaze_fractions": plan.gaze_fractions, "vision_model": base.vision_model, "text_model": base.text_model,
                 "passed_to_pretrain": plan.passed_to_pretrain, "test_readings": first["test_readings"],

@@ -219,6 +219,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
     parser.add_argument("--num-samples", type=int, default=200, help="number of readings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mimic-cxr", help="also write a MIMIC-CXR-JPG tree here that includes this corpus' images")
+    parser.add_argument("--mimic-cxr-images", type=int, default=5000, help="images in that tree (default 5000)")
+    parser.add_argument("--mimic-cxr-image-size", type=int, default=64, help="side of its new images in px")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     root = make_synthetic_mimic_eye(args.out, args.num_samples, args.seed)
@@ -229,6 +232,14 @@ def main(argv=None) -> None:
           f"{len({r['subject_id'] for r in truth})} patients to {root} "
           f"(train/validate/test {counts['train']}/{counts['validate']}/{counts['test']}) "
           f"in {time.perf_counter() - started:.1f} s")
+    if args.mimic_cxr:
+        from .mimic_cxr import make_synthetic_mimic_cxr  # it imports this module
+
+        started = time.perf_counter()
+        tree = make_synthetic_mimic_cxr(args.mimic_cxr, args.mimic_cxr_images, args.seed, mimic_eye=root,
+                                        image_size=args.mimic_cxr_image_size)
+        print(f"wrote a MIMIC-CXR-JPG tree of {args.mimic_cxr_images} images including them to {tree} in "
+              f"{time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":
