@@ -46,13 +46,17 @@ class TrainingSettings:
 
     config: str | None = flag(help="YAML or JSON file with any of these flags")
     data: str | None = flag(
-        help="MIMIC-EYE / EGD-CXR / REFLACX / MIMIC-CXR-JPG root, or a dataset saved with save_to_disk (default: "
-             "synthetic)")
+        help="MIMIC-EYE / EGD-CXR / REFLACX / MIMIC-CXR-JPG root, a CheXpert Plus table, an image-text CSV / JSON "
+             "lines / parquet file, or a dataset saved with save_to_disk (default: synthetic)")
     image_root: str | None = flag(help="MIMIC-CXR(-JPG) root, for EGD-CXR and REFLACX roots")
     gaze_data: str | None = flag(
-        help="gaze readings to attach to --data's images by dicom_id: a MIMIC-EYE / EGD-CXR / REFLACX root or a saved "
-             "dataset; --gaze_fraction is the fraction of these readings that keep their gaze")
-    all_views: bool = flag(False, help="MIMIC-CXR --data: every view, not only frontal (PA / AP) images")
+        help="gaze readings to attach to --data's images by dicom_id: a MIMIC-EYE / EGD-CXR / REFLACX root, a "
+             "pre-rendered heatmap folder (released EGMA code or CoGaze layout) or a saved dataset; --gaze_fraction "
+             "is the fraction of these readings that keep their gaze")
+    all_views: bool = flag(False, help="MIMIC-CXR / CheXpert Plus --data: every view, not only frontal images")
+    labels: str | None = flag(help="CheXpert Plus --data: its CheXbert labels (JSON lines keyed by path_to_image)")
+    image_column: str = flag("image", help="image-text --data (CSV / JSON lines / parquet): the image column")
+    caption_column: str = flag("text", help="image-text --data: the text column")
     cache_dir: str = flag(default_factory=lambda: str(default_cache_dir()))
     synthetic_samples: int = flag(640, help="readings in the synthetic corpus")
     corpus_seed: int | None = flag(
@@ -170,9 +174,10 @@ class TrainingSettings:
         if isinstance(recipe, str) and recipe not in ("auto", *RECIPE_SIGMAS):
             raise SystemExit(f"--heatmap_recipe must be auto, {', '.join(sorted(RECIPE_SIGMAS))} or a sigma in pixels, "
                              f"got {recipe!r}")
-        for name in ("vision_model", "text_model", "init_from", "data", "image_root", "gaze_data"):
+        for name in ("vision_model", "text_model", "init_from", "data", "image_root", "gaze_data", "labels"):
             value = getattr(self, name)
-            local = name in ("data", "image_root", "init_from", "gaze_data") or str(value).startswith((".", "/"))
+            local = name in ("data", "image_root", "init_from", "gaze_data", "labels")
+            local = local or str(value).startswith((".", "/"))
             if value and local and not Path(value).exists():
                 raise SystemExit(f"--{name}: {value} does not exist")
         if self.gaze_data and not self.data:

@@ -10,15 +10,21 @@ from transformers import AutoTokenizer, BertTokenizerFast
 
 from .. import EGMAConfig, EGMAImageProcessor, EGMAModel, EGMAProcessor
 from ..data import (
+    FEATURES,
     HeatmapSettings,
     attach_gaze,
     build_once,
     cached_synthetic_corpus,
+    load_chexpert_plus,
     load_egd_cxr,
+    load_image_text,
     load_mimic_cxr,
     load_mimic_eye,
+    load_prerendered_gaze,
     load_reflacx,
 )
+from ..data.chexpert_plus import CHEXPERT_PLUS_TABLE
+from ..data.prerendered_gaze import EGMA_CSV_NAME
 from ..evaluation.classification import class_targets
 from ..evaluation.metrics import auroc_defined
 from ..zero_shot import resolve_class_prompts
@@ -66,19 +72,29 @@ def load_readings(settings: TrainingSettings, accelerator=None) -> tuple[dataset
 
 
 def load_data_root(path, settings: TrainingSettings, flag: str = "--data", image_root=None):
-    """The rows under one data root, whatever its format, and a description; SystemExit naming `flag` when the
-    folder is none of the known formats. `image_root` is the default MIMIC-CXR root of EGD-CXR / REFLACX roots."""
+    """The rows under one data root or file, whatever its format, and a description; SystemExit naming `flag` when
+    it is none of the known formats. `image_root` is the default MIMIC-CXR root of EGD-CXR / REFLACX roots and of
+    CoGaze heatmap folders."""
     root = Path(path)
     recipe = settings.heatmap_sigma_or_recipe()
     heatmaps = HeatmapSettings(recipe="egma" if recipe == "auto" else recipe)
     image_root = settings.image_root or image_root
+    if root.is_file() or (root / CHEXPERT_PLUS_TABLE).is_file():
+        return _load_table(root, settings)
     if (root / "dataset_info.json").is_file() or (root / "state.json").is_file():
-        return datasets.load_from_disk(root), f"saved dataset {root}"
+        saved = datasets.load_from_disk(root)
+        if isinstance(saved, datasets.Dataset) and set(FEATURES) <= set(saved.column_names):
+            return saved, f"saved dataset {root}"
+        return _image_text(root, settings), f"image-text dataset {root}"
     if any(root.glob("patient_*")):
         return load_mimic_eye(root, heatmaps), f"MIMIC-EYE {root}"
     if any(root.glob("mimic-cxr-2.0.0-split.csv*")):
         views = "all views" if settings.all_views else "frontal views"
         return load_mimic_cxr(root, frontal_only=not settings.all_views), f"MIMIC-CXR-JPG {root} ({views})"
+    if (root / EGMA_CSV_NAME).is_file():
+        return load_prerendered_gaze(root, "egma"), f"pre-rendered gaze (released EGMA code's layout) {root}"
+    if any(root.glob("*/sentence-heatmap-lookup.json")):
+        return load_prerendered_gaze(root, "cogaze", image_root=image_root), f"pre-rendered gaze (CoGaze) {root}"
     egd, reflacx = (root / "master_sheet.csv").is_file(), (root / "main_data").is_dir()
     if (egd or reflacx) and image_root is None:
         raise SystemExit(f"{flag} {root} is {'EGD-CXR' if egd else 'REFLACX'}: give --image_root (the MIMIC-CXR "
@@ -87,7 +103,27 @@ def load_data_root(path, settings: TrainingSettings, flag: str = "--data", image
         return load_egd_cxr(root, image_root, heatmaps), f"EGD-CXR {root}"
     if reflacx:
         return load_reflacx(root, image_root, heatmaps), f"REFLACX {root}"
-    raise SystemExit(f"{flag} {root}: not a saved dataset, MIMIC-EYE, EGD-CXR, REFLACX or MIMIC-CXR-JPG root")
+    raise SystemExit(f"{flag} {root}: not a saved dataset, MIMIC-EYE, EGD-CXR, REFLACX, MIMIC-CXR-JPG, CheXpert Plus, "
+                     "pre-rendered gaze folder or image-text file")
+
+
+def _load_table(path: Path, settings: TrainingSettings):
+    """--data as a file: the CheXpert Plus table (or its folder), else an image-text CSV / JSON lines / parquet."""
+    table = path / CHEXPERT_PLUS_TABLE if path.is_dir() else path
+    if table.name.startswith("df_chexpert_plus"):
+        image_root = Path(settings.image_root) if settings.image_root else table.parent
+        views = "all views" if settings.all_views else "frontal views"
+        rows = load_chexpert_plus(table, image_root, labels=settings.labels, frontal_only=not settings.all_views)
+        return rows, f"CheXpert Plus {table} ({views})"
+    return _image_text(path, settings), f"image-text file {path}"
+
+
+def _image_text(path: Path, settings: TrainingSettings):
+    try:
+        return load_image_text(path, image_column=settings.image_column, text_column=settings.caption_column,
+                               image_dir=settings.image_root)
+    except ValueError as error:
+        raise SystemExit(f"--data {path}: {error}") from error
 
 
 def build_tokenizer(texts, save_dir=None, characters: bool = True, **tokenizer_kwargs) -> BertTokenizerFast:
