@@ -48,3 +48,26 @@ def test_zero_shot_throughput_quick():
     first, images_again, again, prompts, ensemble, prompt_batches = (int(value) for value in calls.groups())
     assert (first, again, images_again) == (1, 0, images)
     assert prompts > 64 and ensemble == prompt_batches == -(-prompts // 64)  # one classifier build, whatever N
+
+
+def test_mimic_cxr_reading_small():
+    out = run_benchmark("mimic_cxr_reading.py", "--num_images", "300")
+    rows = re.findall(rf"^\s+301\s+(\d+)\s+(folder|zip)\s+(True|False)\s+(\d+)\s+{NUMBER}\s+{NUMBER}.*\s+0\s+"
+                      rf"{NUMBER}\s+{NUMBER}\s+(yes\*?|no)$", out, re.MULTILINE)
+    assert len(rows) == 4, out  # folder and zip reports, frontal views and all views
+    frontal = {int(r[3]) for r in rows if r[2] == "True"}
+    everything = {int(r[3]) for r in rows if r[2] == "False"}
+    assert len(frontal) == len(everything) == 1  # both report sources read the same rows
+    assert frontal.pop() < everything.pop()  # the lateral views are left out by default
+    assert all(float(r[5]) > 0 for r in rows)  # rows/s
+
+
+def test_corpus_step_cost_quick():
+    out = run_benchmark("corpus_step_cost.py", "--quick")
+    rows = {name: values for name, *values in re.findall(
+        rf"^(gaze-only \(MIMIC-EYE\)|combined \(MIMIC-CXR \+ gaze\)|combined, no gaze kept)\s+(\d+)\s+{NUMBER}%\s+"
+        rf"{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.MULTILINE)}
+    assert len(rows) == 3, out
+    assert float(rows["gaze-only (MIMIC-EYE)"][1]) == 100.0 and float(rows["combined, no gaze kept"][1]) == 0.0
+    assert 0 < float(rows["combined (MIMIC-CXR + gaze)"][1]) < 100
+    assert float(rows["gaze-only (MIMIC-EYE)"][5]) == 1.0 and all(float(v[4]) > 0 for v in rows.values())
