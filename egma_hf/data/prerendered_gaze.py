@@ -17,7 +17,6 @@ an all-zero map stays zero (counted).
 
 import json
 import logging
-import numbers
 import os
 import re
 from collections import defaultdict
@@ -32,8 +31,8 @@ from .evaluation_sets import CHEXPERT_LABEL_COLUMNS
 from .heatmaps import heatmap_shape
 from .images import image_size_of
 from .readers import (
-    MAX_HEATMAP_SIZE,
     PATH_ESCAPES,
+    HeatmapSettings,
     ListedPathError,
     SkipLog,
     chexpert_positives,
@@ -118,14 +117,6 @@ def read_heatmap_jpgs(paths: list[Path], shape: tuple[int, int]) -> tuple[np.nda
     lit = peaks > 0
     maps[lit] /= peaks[lit, None, None]
     return maps, blank
-
-
-def _checked_heatmap_size(heatmap_size) -> int:
-    if (isinstance(heatmap_size, bool) or not isinstance(heatmap_size, numbers.Integral)
-            or not 1 <= heatmap_size <= MAX_HEATMAP_SIZE):
-        raise ValueError(f"heatmap_size (the maps' longer side in pixels) must be an integer in "
-                         f"[1, {MAX_HEATMAP_SIZE}], got {heatmap_size!r}")
-    return int(heatmap_size)
 
 
 def _gaze_row(*, reading_id, source, subject_id, study_id, dicom_id, image, image_size, report, sentences, maps,
@@ -392,7 +383,7 @@ def load_prerendered_gaze(root, layout: str, csv_path=None, image_root=None, hea
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} (the released EGMA code's, CoGaze's), got {layout!r}")
     root = existing_folder(root, "root")
-    heatmap_size = _checked_heatmap_size(heatmap_size)
+    heatmap_size = HeatmapSettings(heatmap_size=heatmap_size).heatmap_size  # the gaze readers' check
     if layout == "egma":
         if image_root is not None:
             raise ValueError("image_root is for layout='cogaze'; the 'egma' layout has its images (src.jpg)")
