@@ -164,7 +164,8 @@ def prepare_output_dir(settings: TrainingSettings, accelerator):
 
 def prepare_run(settings: TrainingSettings, accelerator, splits: dict) -> _Run:
     """Model, processor, prepared splits, loader, optimiser and cosine schedule, prepared by `accelerator`."""
-    model, processor = build_model_and_processor(settings, splits["train"], Path(settings.output_dir))
+    with accelerator.main_process_first():  # the main process writes the tokenizer the others then read
+        model, processor = build_model_and_processor(settings, splits["train"], Path(settings.output_dir))
     if settings.activation_checkpointing:
         model.activation_checkpointing_enable()
     if settings.no_gather_with_grad:

@@ -1,6 +1,7 @@
 """What a run is built from: its readings, its tokenizer, its model and processor, and the checks on its splits."""
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -137,13 +138,19 @@ def build_tokenizer(texts, save_dir=None, characters: bool = True, **tokenizer_k
     vocab_file = None if save_dir is None else Path(save_dir) / "vocab.txt"
     if vocab_file is not None and vocab_file.is_file():
         tokens = vocab_file.read_text().splitlines()
+        if tokens[:len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
+            raise ValueError(f"{vocab_file} does not start with the special tokens {list(SPECIAL_TOKENS)} that "
+                             "build_tokenizer writes first: it is not a vocabulary this function wrote; delete it "
+                             "to build it again")
     else:
         words = sorted({w for text in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())})
         chars = sorted({c for w in words for c in w}) if characters else []
         tokens = list(dict.fromkeys([*SPECIAL_TOKENS, *words, *chars, *(f"##{c}" for c in chars)]))
-        if vocab_file is not None:
-            vocab_file.parent.mkdir(parents=True, exist_ok=True)
-            vocab_file.write_text("\n".join(tokens) + "\n")
+        if vocab_file is not None:  # processes of one launch build the same file: each renames its own copy in
+            vocab_file.parent.mkdir(parents=True, exist_ok=True)  # place, so none reads a half-written one
+            partial = vocab_file.with_name(f"{vocab_file.name}.{os.getpid()}.tmp")
+            partial.write_text("\n".join(tokens) + "\n")
+            os.replace(partial, vocab_file)
     return BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True,
                              **tokenizer_kwargs)
 

@@ -24,6 +24,7 @@ from egma_hf.evaluation.metrics import roc_auc
 from egma_hf.evaluation.reports import percent_cell
 from egma_hf.training import (
     TrainingSettings,
+    build_tokenizer,
     check_splits,
     checkpoint_problem,
     list_checkpoints,
@@ -580,3 +581,11 @@ def test_finetune_interval_on_a_tiny_test_split_is_null_with_a_reason_not_nan():
             assert re.fullmatch(r"no 95% interval: .*undefined on every .*bootstrap resample.*", result["note"])
             assert percent_cell(result) == "100.0 (no CI)"
     assert any(outcomes) and not all(outcomes)
+
+
+@pytest.mark.parametrize("text", ["", "[PAD]\nheart\n"])
+def test_a_vocabulary_file_build_tokenizer_did_not_write_is_refused_by_name(tmp_path, text):
+    """An empty or foreign `vocab.txt` would build a text tower with no (or shifted) embeddings."""
+    (tmp_path / "vocab.txt").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "vocab.txt")) + ".*does not start with"):
+        build_tokenizer(["the heart"], tmp_path)
