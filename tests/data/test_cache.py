@@ -23,9 +23,7 @@ while len(list(ready.iterdir())) < workers and time.monotonic() < deadline:
     time.sleep(0.01)
 """
 
-COUNTING_BUILD = BARRIER + """
-from egma_hf.data import build_once
-
+COUNTING_BUILD = "from egma_hf.data import build_once\n" + BARRIER + """
 target, log = Path(sys.argv[3]), Path(sys.argv[4])
 
 
@@ -37,7 +35,9 @@ def write(line):
 def build(folder):
     write(f"build {os.getpid()} {time.time()}")
     folder.mkdir()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # hold the lock until every worker has asked (not a fixed sleep: a loaded
+    while log.read_text().count("enter ") < workers and time.monotonic() < deadline:  # machine imports slowly)
+        time.sleep(0.05)
     (folder / "content.txt").write_text(f"built by {os.getpid()}")
     write(f"done {os.getpid()} {time.time()}")
 
