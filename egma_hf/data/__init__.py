@@ -4,7 +4,8 @@ heatmaps, gaze-fraction subsets, a collator for `EGMAModel`, a synthetic corpus 
 readers for the public evaluation sets (CheXpert 5x200 / 8x200 / official splits, RSNA Pneumonia, SIIM-ACR) with
 synthetic equivalents."""
 
-from .batching import EGMADataCollator, prepare_for_training, with_gaze_fraction
+from .augment import AugmentSettings, JointAugment
+from .batching import EGMADataCollator, kept_gaze_positions, prepare_for_training, with_gaze_fraction
 from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
 from .chexpert_plus import load_chexpert_plus
 from .combine import attach_gaze, subject_splits
@@ -28,6 +29,8 @@ from .images import image_size_of, load_image
 from .mimic_cxr import load_mimic_cxr, mimic_report_text, report_sections
 from .prerendered_gaze import load_prerendered_gaze
 from .readers import FEATURES, HeatmapSettings, SkipLog, by_split, load_egd_cxr, load_mimic_eye, load_reflacx
+from .shards import ShardSet, ShardSettings, write_shards
+from .streaming import ShardRows, ShardStream, load_shard_split
 from .synthetic import (
     make_synthetic_chexpert_plus,
     make_synthetic_evaluation_sets,
@@ -37,6 +40,15 @@ from .synthetic import (
 )
 
 __all__ = [
+    "AugmentSettings",
+    "JointAugment",
+    "ShardRows",
+    "ShardSet",
+    "ShardSettings",
+    "ShardStream",
+    "kept_gaze_positions",
+    "load_shard_split",
+    "write_shards",
     "attach_gaze",
     "build_once",
     "cached_synthetic_corpus",

@@ -47,11 +47,16 @@ def with_gaze_fraction(
         raise ValueError(f"split {split!r} has no rows in dataset; its splits are {sorted(set(map(str, splits)))}")
     has_gaze = list(dataset["has_gaze"])
     eligible = [i for i, (row_split, gaze) in enumerate(zip(splits, has_gaze)) if row_split == split and gaze]
-    order = np.random.default_rng(seed).permutation(len(eligible))
-    kept = {eligible[i] for i in order[: math.floor(fraction * len(eligible) + 0.5)]}
+    kept = {eligible[i] for i in kept_gaze_positions(len(eligible), fraction, seed)}
     for index in eligible:
         has_gaze[index] = index in kept
     return dataset.remove_columns("has_gaze").add_column("has_gaze", has_gaze, feature=datasets.Value("bool"))
+
+
+def kept_gaze_positions(count: int, fraction: float, seed: int) -> set[int]:
+    """Which of `count` readings with gaze keep it (positions in their order), by `with_gaze_fraction`'s rule."""
+    order = np.random.default_rng(seed).permutation(count)
+    return {int(i) for i in order[: math.floor(fraction * count + 0.5)]}
 
 
 def prepare_for_training(dataset: datasets.Dataset, image_processor, num_proc: int | None = None) -> datasets.Dataset:

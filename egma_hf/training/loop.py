@@ -1,5 +1,6 @@
 """The pre-training loop: `train(settings)` takes a run from its settings to a saved, evaluated model."""
 
+import itertools
 import json
 import logging
 import math
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -30,6 +31,7 @@ from .checkpoints import (
 )
 from .settings import TrainingSettings
 from .setup import EVALUATION_PROMPTS, build_model_and_processor, check_splits, load_readings
+from .shard_data import ShardData, open_shard_data, shard_stream
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +59,25 @@ class _Run:
     processor: object
     optimizer: torch.optim.Optimizer
     scheduler: object
-    loader: torch.utils.data.DataLoader
+    loader: torch.utils.data.DataLoader | None  # the in-memory training split's, as accelerate prepared it
+    stream: object | None  # with --shards: this process' ShardStream of training batches
     splits: dict  # the prepared validate and test splits (and train)
     collate: EGMADataCollator
     steps_per_epoch: int
     total_steps: int
+    gaze_readings: int  # training readings that keep their gaze
+
+
+class WithReadingIds:
+    """The collator, with each batch's `reading_id` list (named in errors); a class so loader workers can take it."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        batch["reading_id"] = [row["reading_id"] for row in rows]
+        return batch
 
 
 def train(settings: TrainingSettings, accelerator=None, stop_after_steps: int | None = None) -> TrainingResult:
@@ -120,22 +136,28 @@ def _train(settings: TrainingSettings, accelerator, stop_after_steps: int | None
     accelerator.wait_for_everyone()  # every rank has checked the output dir before the main process writes to it
     set_seed(settings.seed)
 
-    readings, source = load_readings(settings, accelerator)
-    splits = dict(by_split(readings))
-    if "train" not in splits:
-        raise SystemExit(f"{source}: no training readings (split column values: {sorted(set(readings['split']))})")
+    shard_data = None
+    if settings.shards:
+        shard_data = open_shard_data(settings)
+        splits, source = shard_data.splits, shard_data.source
+    else:
+        readings, source = load_readings(settings, accelerator)
+        splits = dict(by_split(readings))
+        if "train" not in splits:
+            raise SystemExit(f"{source}: no training readings (split column values: "
+                             f"{sorted(set(readings['split']))})")
     check_splits(splits, source, settings.batch_size, accelerator.num_processes)
     prepare_output_dir(settings, accelerator)  # only now: data that cannot train leave the folder untouched
-    splits["train"] = with_gaze_fraction(splits["train"], settings.gaze_fraction, seed=settings.seed)
-    run = prepare_run(settings, accelerator, splits)
+    if shard_data is None:
+        splits["train"] = with_gaze_fraction(splits["train"], settings.gaze_fraction, seed=settings.seed)
+    run = prepare_run(settings, accelerator, splits, shard_data)
     state = {"step": 0, "best_metric": None, "best_step": None}  # as trainer_state.json keeps it
     if resume_from:
         state = restore(accelerator, resume_from, state)
 
     global_batch = settings.batch_size * accelerator.num_processes * settings.gradient_accumulation_steps
     logger.info("data: %s; train/validate/test readings %s; gaze kept on %d training readings",
-                source, [len(splits.get(k, ())) for k in ("train", "validate", "test")],
-                sum(splits["train"]["has_gaze"]))
+                source, [len(splits.get(k, ())) for k in ("train", "validate", "test")], run.gaze_readings)
     logger.info("processes %d, global batch %d (%d per process x %d accumulation), %d steps, loss terms %s",
                 accelerator.num_processes, global_batch, settings.batch_size, settings.gradient_accumulation_steps,
                 run.total_steps, settings.losses)
@@ -162,41 +184,49 @@ def prepare_output_dir(settings: TrainingSettings, accelerator):
     accelerator.wait_for_everyone()
 
 
-def prepare_run(settings: TrainingSettings, accelerator, splits: dict) -> _Run:
-    """Model, processor, prepared splits, loader, optimiser and cosine schedule, prepared by `accelerator`."""
+def prepare_run(settings: TrainingSettings, accelerator, splits: dict, shard_data: ShardData | None = None) -> _Run:
+    """Model, processor, prepared splits, loader (or shard stream), optimiser and cosine schedule, prepared by
+    `accelerator`."""
     with accelerator.main_process_first():  # the main process writes the tokenizer the others then read
         model, processor = build_model_and_processor(settings, splits["train"], Path(settings.output_dir))
     if settings.activation_checkpointing:
         model.activation_checkpointing_enable()
     if settings.no_gather_with_grad:
         model.loss_function = EGMALoss(model.config, gather_with_grad=False)
-    with accelerator.main_process_first():
-        prepared = {name: prepare_for_training(data, processor.image_processor) for name, data in splits.items()}
     collate = EGMADataCollator(processor, same_study_positives=settings.same_study == "positives")
-
-    def collate_with_ids(rows):
-        batch = collate(rows)
-        batch["reading_id"] = [row["reading_id"] for row in rows]
-        return batch
-
-    loader = torch.utils.data.DataLoader(prepared["train"], batch_size=settings.batch_size, shuffle=True,
-                                         drop_last=True, collate_fn=collate_with_ids, num_workers=settings.num_workers,
-                                         # its own generator: starting an epoch must not draw from the global RNG,
-                                         # or a resumed run's dropout would differ from an uninterrupted one
-                                         generator=torch.Generator().manual_seed(settings.seed))
+    loader = stream = None
+    if shard_data is not None:
+        stream, prepared = shard_stream(settings, shard_data, processor.image_processor, WithReadingIds(collate),
+                                        accelerator)
+        gaze_readings = len(shard_data.gaze_kept)
+    else:
+        with accelerator.main_process_first():
+            prepared = {name: prepare_for_training(data, processor.image_processor) for name, data in splits.items()}
+        loader = torch.utils.data.DataLoader(prepared["train"], batch_size=settings.batch_size, shuffle=True,
+                                             drop_last=True, collate_fn=WithReadingIds(collate),
+                                             num_workers=settings.num_workers,
+                                             # its own generator: starting an epoch must not draw from the global
+                                             # RNG, or a resumed run's dropout would differ from an uninterrupted one
+                                             generator=torch.Generator().manual_seed(settings.seed))
+        gaze_readings = sum(splits["train"]["has_gaze"])
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
-    # each process gets len(loader) // processes batches (drop_last); accelerate steps at the end of each epoch
-    # even when the last accumulation is short
-    steps_per_epoch = math.ceil(len(loader) // accelerator.num_processes / settings.gradient_accumulation_steps)
+    if stream is not None:  # whole accumulations only: an epoch's last short one is left out
+        steps_per_epoch = stream.batches_per_epoch // settings.gradient_accumulation_steps
+    else:  # each process gets len(loader) // processes batches (drop_last); accelerate steps at the end of each
+        # epoch even when the last accumulation is short
+        steps_per_epoch = math.ceil(len(loader) // accelerator.num_processes / settings.gradient_accumulation_steps)
     total_steps = settings.max_steps if settings.max_steps is not None else settings.epochs * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(settings.warmup_steps, total_steps // 2), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if stream is not None:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     return _Run(model=model, unwrapped=accelerator.unwrap_model(model), processor=processor, optimizer=optimizer,
-                scheduler=scheduler, loader=loader, splits=prepared, collate=collate, steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps)
+                scheduler=scheduler, loader=loader, stream=stream, splits=prepared, collate=collate,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps, gaze_readings=gaze_readings)
 
 
 def restore(accelerator, checkpoint: Path, state: dict) -> dict:
@@ -217,23 +247,35 @@ def train_steps(settings: TrainingSettings, accelerator, run: _Run, state: dict,
     eval_every = settings.eval_every or run.steps_per_epoch
     checkpoint_every = settings.checkpoint_every or run.steps_per_epoch
     progress = tqdm(total=run.total_steps, initial=state["step"], disable=not accelerator.is_local_main_process)
-    started, samples = time.perf_counter(), 0
+    started, samples, waited = time.perf_counter(), 0, 0.0
     model, unwrapped, optimizer, scheduler = run.model, run.unwrapped, run.optimizer, run.scheduler
+    pending = []  # (step, reading ids, loss terms as tensors) of the batches since the losses were last read
     stopped = False
     while state["step"] < run.total_steps and not stopped:
         epoch = state["step"] // run.steps_per_epoch
-        run.loader.set_epoch(epoch)
         skip = (state["step"] % run.steps_per_epoch) * settings.gradient_accumulation_steps
-        epoch_loader = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+        if run.stream is not None:
+            epoch_loader = None
+            batches = itertools.islice(run.stream.loader(epoch, skip),
+                                       run.steps_per_epoch * settings.gradient_accumulation_steps - skip)
+        else:
+            run.loader.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+            batches = iter(epoch_loader)
         model.train()
-        for batch in epoch_loader:
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
+            if run.stream is not None:
+                batch = send_to_device(batch, accelerator.device, non_blocking=True)
             reading_ids = batch.pop("reading_id")
             with accelerator.accumulate(model):
                 out = model(**batch, return_loss=True)
-                terms = {k: getattr(out, k).item() for k in LOSS_TERMS if getattr(out, k) is not None}
-                if not math.isfinite(terms["loss"]):
-                    raise FloatingPointError(f"non-finite loss at step {state['step']} on readings {reading_ids}: "
-                                             f"{terms}; the last good checkpoint is in {output_dir / 'checkpoints'}")
+                pending.append((state["step"], reading_ids,
+                                {k: getattr(out, k).detach() for k in LOSS_TERMS if getattr(out, k) is not None}))
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -246,24 +288,46 @@ def train_steps(settings: TrainingSettings, accelerator, run: _Run, state: dict,
             with torch.no_grad():
                 unwrapped.logit_scale.clamp_(0, unwrapped.config.logit_scale_max)
             state["step"] += 1
+            step = state["step"]
             progress.update(1)
-            logs = {**terms, "logit_scale": unwrapped.logit_scale.exp().item(), "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": samples / (time.perf_counter() - started), "memory_mb": peak_memory_mb()}
-            progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{logs['logit_scale']:.1f}")
-            accelerator.log(logs, step=state["step"])
-            if "validate" in run.splits and (state["step"] % eval_every == 0 or state["step"] == run.total_steps):
+            due_validation = "validate" in run.splits and (step % eval_every == 0 or step == run.total_steps)
+            due_checkpoint = step % checkpoint_every == 0 or step == run.total_steps
+            stopped = bool(stop_after_steps) and stop_after_steps <= step < run.total_steps
+            if due_validation or due_checkpoint or stopped or step % settings.log_every == 0:
+                terms = read_losses(pending, output_dir)  # the host waits for the device here only
+                pending.clear()
+                elapsed = time.perf_counter() - started
+                logs = {**terms, "logit_scale": unwrapped.logit_scale.exp().item(), "lr": scheduler.get_last_lr()[0],
+                        "samples_per_s": samples / elapsed, "data_wait_fraction": waited / elapsed,
+                        "memory_mb": peak_memory_mb()}
+                progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{logs['logit_scale']:.1f}")
+                accelerator.log(logs, step=step)
+            if due_validation:
                 validate(settings, accelerator, run, state, terms["loss"])
                 model.train()
-            if state["step"] % checkpoint_every == 0 or state["step"] == run.total_steps:
+            if due_checkpoint:
                 save_checkpoint(accelerator, output_dir, state, settings.keep_checkpoints)
-            if stop_after_steps and stop_after_steps <= state["step"] < run.total_steps:
-                logger.info("stopping at step %d as asked", state["step"])
-                stopped = True
-            if stopped or state["step"] >= run.total_steps:
+            if stopped:
+                logger.info("stopping at step %d as asked", step)
+            if stopped or step >= run.total_steps:
                 break
-        epoch_loader.end()  # left before its end, it would stay registered with accelerate's gradient state
+        if epoch_loader is not None:
+            epoch_loader.end()  # left before its end, it would stay registered with accelerate's gradient state
     progress.close()
     return stopped
+
+
+def read_losses(pending: list, output_dir: Path) -> dict:
+    """The mean loss terms of the batches in `pending`, read from the device at once; FloatingPointError naming the
+    first batch (step and readings) whose loss is not finite."""
+    losses = torch.stack([terms["loss"] for _, _, terms in pending]).float().tolist()
+    for (step, reading_ids, terms), loss in zip(pending, losses):
+        if not math.isfinite(loss):
+            values = {k: v.item() for k, v in terms.items()}
+            raise FloatingPointError(f"non-finite loss at step {step} on readings {reading_ids}: {values}; the last "
+                                     f"good checkpoint is in {output_dir / 'checkpoints'}")
+    names = pending[0][2].keys()
+    return {k: torch.stack([terms[k] for _, _, terms in pending]).float().mean().item() for k in names}
 
 
 def validate(settings: TrainingSettings, accelerator, run: _Run, state: dict, loss: float):

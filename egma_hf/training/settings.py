@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..conversion import check_egma_checkpoint
-from ..data import default_cache_dir
+from ..data import AugmentSettings, default_cache_dir
 from ..data.heatmaps import RECIPE_SIGMAS
 
 LOSS_PRESETS = {  # weights of (mlce, fine_grained, egm); the global term is --global_loss_weight
@@ -26,6 +26,7 @@ LOSS_PRESETS = {  # weights of (mlce, fine_grained, egm); the global term is --g
     "clip": (0.0, 0.0, 0.0),  # the global InfoNCE alone (needs --global_loss_weight > 0)
 }
 WITHOUT_GAZE = ("no_gaze", "clip")  # presets that train with --gaze_fraction 0
+AUGMENT_FLAGS = ("crop_scale", "rotation", "translate", "brightness", "contrast", "hflip")
 
 
 def flag(default=None, help: str | None = None, choices=None, default_factory=None):
@@ -57,6 +58,16 @@ class TrainingSettings:
     labels: str | None = flag(help="CheXpert Plus --data: its CheXbert labels (JSON lines keyed by path_to_image)")
     image_column: str = flag("image", help="image-text --data (CSV / JSON lines / parquet): the image column")
     caption_column: str = flag("text", help="image-text --data: the text column")
+    shards: str | None = flag(
+        help="train from a shard folder (egma_hf.data.write_shards, examples/make_shards.py) or a Hub dataset repo "
+             "id holding one, streamed and augmented; instead of --data")
+    shuffle_buffer: int = flag(1000, help="--shards: rows each loader worker shuffles through")
+    crop_scale: float = flag(0.8, help="--shards: smallest area share a random resized crop keeps (1: no crop)")
+    rotation: float = flag(5.0, help="--shards: largest random rotation, in degrees")
+    translate: float = flag(0.05, help="--shards: largest random shift, as a share of the side")
+    brightness: float = flag(0.2, help="--shards: random brightness factor range (ColorJitter)")
+    contrast: float = flag(0.2, help="--shards: random contrast factor range (ColorJitter)")
+    hflip: bool = flag(False, help="--shards: random horizontal flips (off: reports say left and right)")
     cache_dir: str = flag(default_factory=lambda: str(default_cache_dir()))
     synthetic_samples: int = flag(640, help="readings in the synthetic corpus")
     corpus_seed: int | None = flag(
@@ -91,6 +102,8 @@ class TrainingSettings:
         help="pairs of one study (frontal + lateral images of one report, readings of one image): positives of each "
              "other in the contrastive terms, or negatives as in CLIP")
     report_to: str = flag("none", choices=["none", "tensorboard"])
+    log_every: int = flag(10, help="optimiser steps between logged losses (reading a loss makes the host wait for "
+                                   "the GPU); also the steps between checks that the loss is finite")
     num_workers: int = flag(0)
     num_threads: int | None = flag(
         help="CPU threads for one process on a CPU (default: all cores; accelerate launch would otherwise set 1)")
@@ -135,6 +148,10 @@ class TrainingSettings:
         """What a run is, as written to its training_config.json (not how it was started: config, overwrite)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("config", "overwrite_output_dir")}
 
+    def augment_settings(self) -> AugmentSettings:
+        """The --shards augmentation as `AugmentSettings` (ValueError naming the setting when out of range)."""
+        return AugmentSettings(**{name: getattr(self, name) for name in AUGMENT_FLAGS})
+
     def heatmap_sigma_or_recipe(self) -> float | str:
         """--heatmap_recipe as HeatmapSettings takes it: a sigma in pixels as a number, else the recipe's name."""
         try:
@@ -149,7 +166,7 @@ class TrainingSettings:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                               ("keep_checkpoints", 1), ("synthetic_samples", 2), ("warmup_steps", 0),
                               ("num_workers", 0), ("max_steps", 1), ("eval_every", 1), ("checkpoint_every", 1),
-                              ("image_size", 1), ("num_threads", 1)):
+                              ("image_size", 1), ("num_threads", 1), ("shuffle_buffer", 0), ("log_every", 1)):
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise SystemExit(f"--{name} must be at least {minimum}, got {value}")
@@ -174,12 +191,23 @@ class TrainingSettings:
         if isinstance(recipe, str) and recipe not in ("auto", *RECIPE_SIGMAS):
             raise SystemExit(f"--heatmap_recipe must be auto, {', '.join(sorted(RECIPE_SIGMAS))} or a sigma in pixels, "
                              f"got {recipe!r}")
-        for name in ("vision_model", "text_model", "init_from", "data", "image_root", "gaze_data", "labels"):
+        for name in ("vision_model", "text_model", "init_from", "data", "image_root", "gaze_data", "labels", "shards"):
             value = getattr(self, name)
             local = name in ("data", "image_root", "init_from", "gaze_data", "labels")
             local = local or str(value).startswith((".", "/"))
             if value and local and not Path(value).exists():
                 raise SystemExit(f"--{name}: {value} does not exist")
+        if self.shards and (self.data or self.gaze_data):
+            raise SystemExit("--shards already holds the images, reports and gaze: give it instead of --data / "
+                             "--gaze_data, not with them")
+        try:
+            self.augment_settings()
+        except ValueError as error:
+            raise SystemExit(f"--{error}") from None
+        changed = [name for name in AUGMENT_FLAGS if getattr(self, name) != getattr(TrainingSettings, name)]
+        if changed and not self.shards:
+            raise SystemExit(f"--{', --'.join(changed)}: augmentation applies to training from --shards (the "
+                             "in-memory path decodes each image once at the training size)")
         if self.gaze_data and not self.data:
             raise SystemExit("--gaze_data attaches gaze readings to the images of --data: give --data too")
         if bool(self.vision_model) != bool(self.text_model):
