@@ -31,9 +31,11 @@ from .setup import (
     check_splits,
     load_readings,
 )
+from .shard_data import DATA_FLAGS, make_shards, shards_argument_parser
 
 __all__ = [
     "BEST_WEIGHTS",
+    "DATA_FLAGS",
     "EVALUATION_PROMPTS",
     "LOSS_PRESETS",
     "RESUME_INSENSITIVE",
@@ -55,10 +57,12 @@ __all__ = [
     "list_checkpoints",
     "load_readings",
     "make_accelerator",
+    "make_shards",
     "previous_run_settings",
     "resume_checkpoint",
     "runs_on_cpu_processes",
     "save_checkpoint",
+    "shards_argument_parser",
     "train",
     "zero_shot_metrics",
 ]

@@ -115,11 +115,15 @@ class TrainingSettings:
     # -- the command line ---------------------------------------------------------------------------------------
 
     @classmethod
-    def argument_parser(cls, description: str | None = None, exit_on_error: bool = True) -> argparse.ArgumentParser:
-        """A parser with one flag per field, typed, with the field's default, choices and help."""
+    def argument_parser(cls, description: str | None = None, exit_on_error: bool = True,
+                        only=None) -> argparse.ArgumentParser:
+        """A parser with one flag per field (or per field named in `only`), typed, with the field's default, choices
+        and help."""
         parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                          exit_on_error=exit_on_error)
         for setting in dataclasses.fields(cls):
+            if only is not None and setting.name not in only:
+                continue
             factory = setting.default_factory
             default = setting.default if factory is dataclasses.MISSING else factory()
             kwargs = {"default": default, "help": setting.metadata["help"]}

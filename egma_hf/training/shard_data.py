@@ -1,11 +1,67 @@
-"""Training from `--shards`: the shard folder opened and checked, and the stream of training batches."""
+"""Training from `--shards`: writing a corpus' shards, opening and checking them, and the stream of training
+batches."""
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 
-from ..data import ShardRows, ShardSet, ShardStream, kept_gaze_positions, load_shard_split
+from ..data import (
+    ShardRows,
+    ShardSet,
+    ShardSettings,
+    ShardStream,
+    kept_gaze_positions,
+    load_shard_split,
+    write_shards,
+)
 from .settings import TrainingSettings
+from .setup import load_readings
+
+# the pre-training flags that say which rows to read; make_shards takes these and its own
+DATA_FLAGS = ("data", "gaze_data", "image_root", "all_views", "labels", "image_column", "caption_column",
+              "heatmap_recipe", "synthetic_samples", "corpus_seed", "seed", "cache_dir")
+
+
+def shards_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """pre-training's data flags, then where and how to write the shards."""
+    parser = TrainingSettings.argument_parser(description, only=DATA_FLAGS)
+    defaults = ShardSettings()
+    parser.add_argument("--out_dir", required=True, help="the shard folder (new, or one to finish)")
+    parser.add_argument("--image_size", type=int, default=defaults.image_size,
+                        help="stored image side, a little above the training size (256 for 224)")
+    parser.add_argument("--heatmap_size", type=int, default=defaults.heatmap_size, help="stored heatmap side")
+    parser.add_argument("--shard_size", type=int, default=defaults.shard_size, help="rows per shard file")
+    parser.add_argument("--num_proc", type=int, default=1, help="processes decoding images")
+    parser.add_argument("--no_jpeg_draft", action="store_true",
+                        help="decode JPEGs at full size (slower; pixels as the in-memory path has them)")
+    return parser
+
+
+def make_shards(argv=None, description: str | None = None) -> Path:
+    """Read the rows the data flags name, as pre-training would, and write their shards; returns the folder.
+    SystemExit naming the flag on a bad value."""
+    args = vars(shards_argument_parser(description).parse_args(argv))
+    out_dir, num_proc, draft = args.pop("out_dir"), args.pop("num_proc"), not args.pop("no_jpeg_draft")
+    try:
+        stored = ShardSettings(image_size=args.pop("image_size"), heatmap_size=args.pop("heatmap_size"),
+                               shard_size=args.pop("shard_size"), jpeg_draft=draft)
+    except ValueError as error:
+        raise SystemExit(f"--{error}") from None
+    if num_proc < 1:
+        raise SystemExit(f"--num_proc must be at least 1, got {num_proc}")
+    settings = TrainingSettings(**args)
+    settings.check()
+    readings, source = load_readings(settings)
+    try:
+        out = write_shards(readings, out_dir, stored, num_proc=num_proc)
+    except (ValueError, FileExistsError, NotADirectoryError, RuntimeError) as error:
+        raise SystemExit(f"--out_dir {out_dir}: {error}") from None
+    manifest = ShardSet(out).manifest
+    print(f"{source}: {manifest['rows']} rows in {out} ({manifest['bytes_per_row'] / 1e3:.1f} KB per row, "
+          f"{manifest['skipped']['count']} skipped); train with --shards {out}")
+    return out
 
 
 @dataclass
