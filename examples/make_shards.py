@@ -9,7 +9,16 @@ It takes pre-training's data flags (--data, --gaze_data, --image_root, --all_vie
 written are kept. The library function is `egma_hf.training.make_shards` (and `egma_hf.data.write_shards`).
 """
 
-from egma_hf.training import make_shards
+from egma_hf.training import make_shards, shards_argument_parser
+
+
+def parse_args(argv=None):
+    return shards_argument_parser(__doc__).parse_args(argv)
+
+
+def main(argv=None):
+    make_shards(argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    make_shards(description=__doc__)
+    main()
