@@ -123,7 +123,7 @@ class ShardStream:
         if not 0 <= skip <= self.batches_per_epoch:
             raise ValueError(f"skip must be in [0, {self.batches_per_epoch}], got {skip}")
         return torch.utils.data.DataLoader(_EpochBatches(self, epoch, skip), batch_size=None,
-                                           num_workers=self.num_workers,
+                                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                            generator=torch.Generator().manual_seed(self.seed))
 
 

@@ -314,6 +314,9 @@ def train_steps(settings: TrainingSettings, accelerator, run: _Run, state: dict,
         if epoch_loader is not None:
             epoch_loader.end()  # left before its end, it would stay registered with accelerate's gradient state
     progress.close()
+    elapsed = time.perf_counter() - started
+    logger.info("%d samples in %.1f s: %.1f samples/s, %.1f %% of the time waiting for data", samples, elapsed,
+                samples / elapsed, 100 * waited / elapsed)
     return stopped
 
 
