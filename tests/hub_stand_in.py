@@ -1,16 +1,22 @@
-"""A stand-in for the Hugging Face Hub: just enough of its HTTP API for `push_to_hub` and `from_pretrained`.
+"""A stand-in for the Hugging Face Hub: just enough of its HTTP API for `push_to_hub`, `from_pretrained`,
+`HfApi.upload_folder` and `hf_hub_download`, for model and dataset repos.
 
-`HubStandIn` is a threaded stdlib HTTP server on 127.0.0.1 (a free port) that keeps model repos in memory and answers
-what huggingface_hub 2.4 and transformers 5 ask for:
+`HubStandIn` is a threaded stdlib HTTP server on 127.0.0.1 (a free port) that keeps model and dataset repos in memory
+and answers what huggingface_hub 2.4 and transformers 5 ask for (``<kind>`` is ``models`` or ``datasets``):
 
-* ``POST /api/repos/create`` (409 when the repo exists) and ``POST /api/validate-yaml`` (model card check);
+* ``POST /api/repos/create`` (409 when the repo exists; ``"type": "dataset"`` makes a dataset repo) and
+  ``POST /api/validate-yaml`` (model card check);
 * ``GET /api/agent-harnesses``: an empty registry, so the client's user-agent detection finds no agent;
-* ``POST /api/models/<repo>/preupload/main``: every file is to be sent "regular", i.e. inline, never LFS;
-* ``POST /api/models/<repo>/commit/main``: ndjson with base64 ``file`` and ``deletedFile`` lines. Each commit gets a
+* ``POST /api/<kind>/<repo>/preupload/main``: every file is to be sent "regular", i.e. inline, never LFS;
+* ``POST /api/<kind>/<repo>/commit/main``: ndjson with base64 ``file`` and ``deletedFile`` lines. Each commit gets a
   new 40-hex sha and ``main`` moves to it; older commits stay readable by sha;
-* ``GET /api/models/<repo>[/revision/<rev>]``: id, sha and file list (siblings) of main or of a revision;
-* ``GET /api/models/<repo>/tree/<rev>[/<folder>]``: the entries of a folder, or with ``recursive=true`` all files below;
-* ``HEAD``/``GET /<repo>/resolve/<rev>/<path>`` with the ``X-Repo-Commit`` and ``ETag`` headers the cache needs.
+* ``GET /api/<kind>/<repo>[/revision/<rev>]``: id, sha and file list (siblings) of main or of a revision;
+* ``GET /api/<kind>/<repo>/tree/<rev>[/<folder>]``: the entries of a folder, or with ``recursive=true`` all files below;
+* ``HEAD``/``GET /<repo>/resolve/<rev>/<path>`` (a model) or ``/datasets/<repo>/resolve/<rev>/<path>`` (a dataset)
+  with the ``X-Repo-Commit`` and ``ETag`` headers the cache needs.
+
+Model repos are kept in ``HubStandIn.repos`` under their id, dataset repos under ``datasets/<id>``; a model and a
+dataset of the same id are two repos.
 
 ``<rev>`` is ``main`` or a commit sha. Missing repos, revisions and files get a 404 whose ``X-Error-Code`` the client
 turns into RepositoryNotFoundError, RevisionNotFoundError or EntryNotFoundError.
@@ -19,7 +25,7 @@ Run it on its own to try publishing without a Hub account (docs/hub.md): ``pytho
 serves until interrupted; point clients at it with ``HF_ENDPOINT=http://127.0.0.1:8800 HF_TOKEN=anything``.
 
 Not implemented: LFS and Xet uploads, authentication (any token is accepted and every repo is public), branches other
-than ``main``, tags, pull requests, dataset and space repos, paths-info, pagination and range requests.
+than ``main``, tags, pull requests, space repos, paths-info, pagination and range requests.
 """
 
 import argparse
@@ -34,8 +40,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-API = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<action>\w+)/(?P<rev>[^/]+)(?:/(?P<folder>.+))?)?")
+API = re.compile(r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
+                 r"(?:/(?P<action>\w+)/(?P<rev>[^/]+)(?:/(?P<folder>.+))?)?")
 RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
+DATASET_RESOLVE = re.compile(r"/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -58,6 +66,13 @@ def _not_found(error_code: str, message: str, **headers: str) -> Response:
     return _json({"error": message}, 404, **{"X-Error-Code": error_code, "X-Error-Message": message}, **headers)
 
 
+def repo_key(repo_id: str, repo_type: str = "model") -> str:
+    """Where `HubStandIn.repos` keeps a repo: a model under its id, a dataset under ``datasets/<id>``."""
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    return f"datasets/{repo_id}" if repo_type == "dataset" else repo_id
+
+
 def _blob_id(content: bytes) -> str:
     return hashlib.sha1(content).hexdigest()
 
@@ -66,7 +81,7 @@ class HubStandIn:
     """The server and its repos: ``with HubStandIn() as hub:`` serves at ``hub.url`` until the block ends."""
 
     def __init__(self, port: int = 0):
-        self.repos: dict[str, list[Commit]] = {}  # repo id -> commits, oldest first; main is the last one
+        self.repos: dict[str, list[Commit]] = {}  # repo key -> commits, oldest first; main is the last one
         self.requests: list[str] = []  # "METHOD /path", in arrival order
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
@@ -82,9 +97,9 @@ class HubStandIn:
         self._server.shutdown()
         self._server.server_close()
 
-    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
-        """The files of `repo_id` at `revision` (``main`` or a commit sha)."""
-        return self._commit(repo_id, revision).files
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+        """The files of `repo_id` (a ``model`` or ``dataset`` repo) at `revision` (``main`` or a commit sha)."""
+        return self._commit(repo_key(repo_id, repo_type), revision).files
 
     def respond(self, method: str, target: str, body: bytes) -> Response:
         url = urlsplit(target)
@@ -104,11 +119,12 @@ class HubStandIn:
         if method == "GET" and path == "/api/agent-harnesses":
             return _json({"standardEnvVars": [], "harnesses": {}})
         if match := API.fullmatch(path):
-            repo, action, rev, folder = match.groups()
+            kind, repo_id, action, rev, folder = match.groups()
+            repo = repo_key(repo_id, kind.removesuffix("s"))
             commit = self._commit(repo, rev or "main")
             if method == "GET" and action in (None, "revision") and folder is None:
                 siblings = [{"rfilename": name} for name in sorted(commit.files)]
-                return _json({"id": repo, "sha": commit.sha, "private": False, "siblings": siblings})
+                return _json({"id": repo_id, "sha": commit.sha, "private": False, "siblings": siblings})
             if (method, action) == ("GET", "tree"):
                 return self._tree(commit, folder, recursive=query.get("recursive") == ["true"])
             if (method, action, rev, folder) == ("POST", "preupload", "main", None):
@@ -117,15 +133,18 @@ class HubStandIn:
                 return _json({"files": modes})
             if (method, action, rev, folder) == ("POST", "commit", "main", None):
                 return self._new_commit(repo, commit, body)
+        elif method in ("GET", "HEAD") and (match := DATASET_RESOLVE.fullmatch(path)):
+            repo_id, rev, name = match.groups()
+            return self._resolve(self._commit(repo_key(repo_id, "dataset"), rev), name)
         elif method in ("GET", "HEAD") and (match := RESOLVE.fullmatch(path)):
             repo, rev, name = match.groups()
             return self._resolve(self._commit(repo, rev), name)
         return _json({"error": f"{method} {path} is not served by the stand-in"}, 404)
 
-    def _commit(self, repo_id: str, revision: str) -> Commit:
-        if repo_id not in self.repos:
-            raise _Missing("RepoNotFound", f"Repository {repo_id} not found")
-        commits = self.repos[repo_id]
+    def _commit(self, repo: str, revision: str) -> Commit:
+        if repo not in self.repos:
+            raise _Missing("RepoNotFound", f"Repository {repo.removeprefix('datasets/')} not found")
+        commits = self.repos[repo]
         if revision == "main":
             return commits[-1]
         for commit in commits:
@@ -134,14 +153,17 @@ class HubStandIn:
         raise _Missing("RevisionNotFound", f"Invalid rev id: {revision}")
 
     def _create(self, payload: dict) -> Response:
-        repo_id = "/".join(filter(None, (payload.get("organization"), payload["name"])))
-        url = {"url": f"{self.url}/{repo_id}"}
-        if repo_id in self.repos:
-            return _json({"error": "You already created this model repo", **url}, 409)
-        self.repos[repo_id] = [Commit(secrets.token_hex(20), {})]
+        repo_type = payload.get("type") or "model"
+        if repo_type not in ("model", "dataset"):
+            return _json({"error": f"{repo_type} repos are not supported by the stand-in"}, 400)
+        repo = repo_key("/".join(filter(None, (payload.get("organization"), payload["name"]))), repo_type)
+        url = {"url": f"{self.url}/{repo}"}
+        if repo in self.repos:
+            return _json({"error": f"You already created this {repo_type} repo", **url}, 409)
+        self.repos[repo] = [Commit(secrets.token_hex(20), {})]
         return _json(url)
 
-    def _new_commit(self, repo_id: str, parent: Commit, body: bytes) -> Response:
+    def _new_commit(self, repo: str, parent: Commit, body: bytes) -> Response:
         files = dict(parent.files)
         for line in body.splitlines():
             item = json.loads(line)
@@ -152,8 +174,8 @@ class HubStandIn:
             elif item["key"] != "header":
                 return _json({"error": f"{item['key']} operations are not supported"}, 400)
         commit = Commit(secrets.token_hex(20), files)
-        self.repos[repo_id].append(commit)
-        return _json({"commitUrl": f"{self.url}/{repo_id}/commit/{commit.sha}", "commitOid": commit.sha})
+        self.repos[repo].append(commit)
+        return _json({"commitUrl": f"{self.url}/{repo}/commit/{commit.sha}", "commitOid": commit.sha})
 
     def _tree(self, commit: Commit, folder: str | None, recursive: bool) -> Response:
         prefix, entries = f"{folder}/" if folder else "", {}

@@ -45,6 +45,7 @@ SHARD_FORMAT = "egma_hf shards"
 FORMAT_VERSION = 1
 MANIFEST = "egma_shards.json"
 SETTINGS_FILE = "preprocessing.json"
+LOCK_FILE = ".write.lock"  # held while a run writes; filelock leaves the file behind
 ROW_GROUP_ROWS = 64  # what a reader fetches at once: small, so that a worker's row range wastes little at its ends
 SHARD_COLUMNS = ("reading_id", "source", "subject_id", "study_id", "dicom_id", "split", "report", "sentences",
                  "labels", "has_gaze", "image_height", "image_width", "pixels", "heatmaps")
@@ -113,11 +114,11 @@ def write_shards(dataset: datasets.Dataset, out_dir, settings: ShardSettings | N
               "corpus": corpus_fingerprint(dataset)}
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SETTINGS_FILE).is_file():
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (out / SETTINGS_FILE).is_file():
         raise FileExistsError(f"out_dir {out} is not empty and holds no {SETTINGS_FILE}: it is not a shard folder; "
                               "give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / ".write.lock")
+    lock = FileLock(out / LOCK_FILE)
     try:
         lock.acquire(blocking=False)
     except Timeout:
