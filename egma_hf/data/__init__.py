@@ -5,7 +5,7 @@ readers for the public evaluation sets (CheXpert 5x200 / 8x200 / official splits
 synthetic equivalents."""
 
 from .augment import AugmentSettings, JointAugment
-from .batching import EGMADataCollator, kept_gaze_positions, prepare_for_training, with_gaze_fraction
+from .batching import EGMADataCollator, expand_pixels, kept_gaze_positions, prepare_for_training, with_gaze_fraction
 from .cache import build_once, cached_synthetic_corpus, cached_synthetic_evaluation_sets, default_cache_dir
 from .chexpert_plus import load_chexpert_plus
 from .combine import attach_gaze, subject_splits
@@ -46,6 +46,7 @@ __all__ = [
     "ShardSet",
     "ShardSettings",
     "ShardStream",
+    "expand_pixels",
     "kept_gaze_positions",
     "load_shard_split",
     "write_shards",

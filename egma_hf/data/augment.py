@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 
 @dataclass(frozen=True)
@@ -44,41 +45,54 @@ class AugmentSettings:
 
 class JointAugment:
     """(image (1, S, S) uint8, heatmaps (m, h, h) float or None) -> (image (1, size, size) uint8, heatmaps
-    (m, size, size) float32 or None), the same geometry applied to both.
+    (m, round(size * h / S), ...) float32 or None), the same geometry applied to both.
 
-    The randomness is a function of `key` alone (seeded for the call, the global RNG left as it was), so a row gets
-    the same transform whatever process, worker or resume reads it."""
+    One set of parameters is drawn from the image (torchvision's `make_params`), and torchvision's kernels apply it
+    to the image and, scaled by h / S, to the heatmaps at their own resolution (so a row with gaze costs little
+    more than one without; crop corners are rounded to whole heatmap pixels, S / h image pixels at most).
+    Brightness and contrast change the image only. The randomness is a function of `key` alone (seeded for the
+    call, the global RNG left as it was), so a row gets the same transform whatever process, worker or resume
+    reads it."""
 
     def __init__(self, size: int, settings: AugmentSettings | None = None):
         self.size = int(size)
         self.settings = settings = settings or AugmentSettings()
         ratio = (1 / settings.crop_ratio, settings.crop_ratio)
-        geometric = [v2.RandomResizedCrop(self.size, scale=(settings.crop_scale, 1.0), ratio=ratio, antialias=True)]
+        self.crop = v2.RandomResizedCrop(self.size, scale=(settings.crop_scale, 1.0), ratio=ratio, antialias=True)
+        self.affine = None
         if settings.rotation or settings.translate:
-            geometric.append(v2.RandomAffine(degrees=settings.rotation,
-                                             translate=(settings.translate, settings.translate)))
-        if settings.hflip:
-            geometric.append(v2.RandomHorizontalFlip())
-        self.geometric = v2.Compose(geometric)
+            self.affine = v2.RandomAffine(degrees=settings.rotation, translate=(settings.translate, settings.translate),
+                                          interpolation=v2.InterpolationMode.BILINEAR)
         self.photometric = v2.ColorJitter(brightness=settings.brightness or None, contrast=settings.contrast or None)
 
     def __call__(self, image: torch.Tensor, heatmaps: torch.Tensor | None, key: str):
-        generator = torch.default_generator  # v2 draws from it; torch.manual_seed would cost ~1 ms a call
+        generator = torch.default_generator  # torchvision draws from it; torch.manual_seed would cost ~1 ms a call
         saved = generator.get_state()
         generator.manual_seed(seed_of(key))
         try:
-            if heatmaps is None:
-                image = self.geometric(tv_tensors.Image(image))
-            else:  # v2 draws one set of parameters for all its inputs, which must then share their size
-                side = image.shape[-1]
-                heatmaps = F.interpolate(heatmaps[None].float(), size=(side, side), mode="bilinear",
-                                         align_corners=False)[0]
-                image, heatmaps = self.geometric(tv_tensors.Image(image), tv_tensors.Image(heatmaps))
-                heatmaps = heatmaps.as_subclass(torch.Tensor).clamp_(min=0)
-            image = self.photometric(image).as_subclass(torch.Tensor)
+            crop = self.crop.make_params([tv_tensors.Image(image)])
+            source_side = image.shape[-1]
+            image = TF.resized_crop(image, **crop, size=[self.size, self.size], antialias=True)
+            if heatmaps is not None:
+                ratio = heatmaps.shape[-1] / source_side
+                side = max(1, round(self.size * ratio))
+                box = {k: round(v * ratio) for k, v in crop.items()}
+                box["height"], box["width"] = max(1, box["height"]), max(1, box["width"])
+                heatmaps = TF.resized_crop(heatmaps.float(), **box, size=[side, side], antialias=True)
+            if self.affine is not None:
+                move = self.affine.make_params([tv_tensors.Image(image)])
+                image = TF.affine(image, **move, interpolation=v2.InterpolationMode.BILINEAR)
+                if heatmaps is not None:
+                    shift = [t * heatmaps.shape[-1] / self.size for t in move["translate"]]
+                    heatmaps = TF.affine(heatmaps, **{**move, "translate": shift},
+                                         interpolation=v2.InterpolationMode.BILINEAR)
+            if self.settings.hflip and torch.rand(1).item() < 0.5:
+                image = TF.horizontal_flip(image)
+                heatmaps = None if heatmaps is None else TF.horizontal_flip(heatmaps)
+            image = self.photometric(tv_tensors.Image(image)).as_subclass(torch.Tensor)
         finally:
             generator.set_state(saved)
-        return image, heatmaps
+        return image, None if heatmaps is None else heatmaps.clamp_(min=0)
 
 
 def seed_of(key: str) -> int:

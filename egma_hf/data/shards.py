@@ -387,7 +387,7 @@ class ShardSet:
         group. `pixels` / `heatmaps` stay bytes."""
         files = self.split_files(split)
         for number, start, stop in ranges:
-            parquet = pq.ParquetFile(self.file(files[number]["file"]))
+            parquet = pq.ParquetFile(self.file(files[number]["file"]), memory_map=True)
             first_group, offset = start // ROW_GROUP_ROWS, start // ROW_GROUP_ROWS * ROW_GROUP_ROWS
             groups = list(range(first_group, (stop + ROW_GROUP_ROWS - 1) // ROW_GROUP_ROWS))
             if not groups:

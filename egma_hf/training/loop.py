@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data import EGMADataCollator, by_split, prepare_for_training, with_gaze_fraction
+from ..data import EGMADataCollator, by_split, expand_pixels, prepare_for_training, with_gaze_fraction
 from ..evaluation import zero_shot_auroc
 from ..hub import build_model_card
 from ..losses import EGMALoss
@@ -196,7 +196,9 @@ def prepare_run(settings: TrainingSettings, accelerator, splits: dict, shard_dat
     collate = EGMADataCollator(processor, same_study_positives=settings.same_study == "positives")
     loader = stream = None
     if shard_data is not None:
-        stream, prepared = shard_stream(settings, shard_data, processor.image_processor, WithReadingIds(collate),
+        compact = EGMADataCollator(processor, same_study_positives=settings.same_study == "positives",
+                                   compact_pixels=True)
+        stream, prepared = shard_stream(settings, shard_data, processor.image_processor, WithReadingIds(compact),
                                         accelerator)
         gaze_readings = len(shard_data.gaze_kept)
     else:
@@ -271,6 +273,7 @@ def train_steps(settings: TrainingSettings, accelerator, run: _Run, state: dict,
                 break
             if run.stream is not None:
                 batch = send_to_device(batch, accelerator.device, non_blocking=True)
+                batch["pixel_values"] = expand_pixels(batch["pixel_values"])
             reading_ids = batch.pop("reading_id")
             with accelerator.accumulate(model):
                 out = model(**batch, return_loss=True)

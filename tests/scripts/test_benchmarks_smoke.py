@@ -69,3 +69,40 @@ def test_corpus_step_cost_quick():
     assert float(rows["gaze-only (MIMIC-EYE)"][1]) == 100.0 and float(rows["combined, no gaze kept"][1]) == 0.0
     assert 0 < float(rows["combined (MIMIC-CXR + gaze)"][1]) < 100
     assert float(rows["gaze-only (MIMIC-EYE)"][5]) == 1.0 and all(float(v[4]) > 0 for v in rows.values())
+
+
+def test_shard_preprocessing_quick():
+    out = run_benchmark("shard_preprocessing.py", "--quick")
+    rows = re.findall(rf"^\s+(floor \(open\+draft\+load\)|decode_image|write_shards num_proc=1)\s+{NUMBER} ms/row$",
+                      out, re.MULTILINE)
+    assert len(rows) == 3 and all(float(ms) > 0 for _, ms in rows), out
+    ratio = re.search(rf"floor / full = {NUMBER}", out)
+    assert ratio and 0 < float(ratio.group(1)) < 5, out
+    speeds = re.findall(rf"^\s+num_proc=([12]):\s+{NUMBER} rows/s$", out, re.MULTILINE)
+    assert [p for p, _ in speeds] == ["1", "2"] and all(float(s) > 0 for _, s in speeds), out
+    assert re.search(rf"speed-up 2 vs 1 = {NUMBER}x", out), out
+    table = re.findall(rf"^\| (\d+) \| {NUMBER} \| (\d+) \| {NUMBER} \| (\d+) \| (\d+) \| {NUMBER} \|$", out,
+                       re.MULTILINE)
+    assert [int(r[0]) for r in table] == [40, 80], out
+    # 256² uint8 pixels plus the reader's text: ~65 KB a row without gaze
+    assert all(64 < float(r[-1]) < 80 and int(r[4]) > 0 for r in table), out
+
+
+def test_shard_loading_quick():
+    out = run_benchmark("shard_loading.py", "--quick", "--profile")
+    found = re.findall(rf"^(no gaze|gaze|mix)\s+([01])\s+{NUMBER}%\s+{NUMBER}\s+{NUMBER}$", out, re.MULTILINE)
+    rows = {(case, int(workers)): (float(share), float(speed)) for case, workers, share, _, speed in found}
+    assert len(rows) == 6 and all(speed > 0 for _, speed in rows.values()), out
+    assert rows[("no gaze", 0)][0] == 0.0 and rows[("gaze", 1)][0] == 100.0
+    table = re.findall(rf"^\| (\d+) \| (\d+) \| {NUMBER} \| (\d+) \| (\d+) \| (\d+) \|$", out, re.MULTILINE)
+    assert len(table) == 1 and int(table[0][0]) == 64 and 0 < int(table[0][1]) < 64 and int(table[0][3]) > 0, out
+    assert "(3) profile" in out and "tottime" in out
+
+
+def test_shard_training_gpu_quick():
+    out = run_benchmark("shard_training_gpu.py", "--device", "cpu", "--quick")
+    assert re.search(r"towers tiny, batch 4, 1 loader workers", out), out
+    assert float(re.search(rf"^samples/s: {NUMBER}$", out, re.MULTILINE).group(1)) > 0
+    assert 0 <= float(re.search(rf"^data_wait_fraction: {NUMBER}$", out, re.MULTILINE).group(1)) <= 1
+    assert re.search(r"^host-GPU syncs per step: None$", out, re.MULTILINE), out  # counted on a GPU only
+    assert float(re.search(rf"projected 377,110-image epoch: {NUMBER} h", out).group(1)) > 0
