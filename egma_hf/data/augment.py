@@ -37,11 +37,6 @@ class AugmentSettings:
         if not isinstance(self.hflip, bool):
             raise ValueError(f"hflip must be True or False, got {self.hflip!r}")
 
-    @classmethod
-    def none(cls) -> "AugmentSettings":
-        """No random transform at all."""
-        return cls(crop_scale=1.0, crop_ratio=1.0, rotation=0.0, translate=0.0, brightness=0.0, contrast=0.0)
-
 
 class JointAugment:
     """(image (1, S, S) uint8, heatmaps (m, h, h) float or None) -> (image (1, size, size) uint8, heatmaps

@@ -173,7 +173,7 @@ class EGMADataCollator:
             if self.compact_pixels:  # as prepared (one channel, float16): a sixth of the bytes from a loader worker
                 batch["pixel_values"] = pixels
             else:
-                batch["pixel_values"] = pixels.float().expand(-1, 3, -1, -1).contiguous()
+                batch["pixel_values"] = expand_pixels(pixels).contiguous()
             grid = np.asarray(rows[0]["gaze_grid"]).shape[-1]
             gaze = torch.zeros(len(rows), batch["input_ids"].shape[1], grid, grid)
             for index, row in enumerate(rows):

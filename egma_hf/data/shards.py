@@ -128,7 +128,7 @@ def write_shards(dataset: datasets.Dataset, out_dir, settings: ShardSettings | N
         _check_or_write_settings(out, wanted)
         for stale in out.glob("*/shard-*.tmp"):  # left by a killed run: whoever writes holds the lock
             stale.unlink()
-        tasks = _plan(dataset, settings, out)
+        tasks = _plan(dataset, settings)
         done = {task[0]: json.loads((out / task[0]).with_suffix(".json").read_text())
                 for task in tasks if _finished(out, task[0])}
         todo = [task for task in tasks if task[0] not in done]
@@ -178,15 +178,15 @@ def _check_or_write_settings(out: Path, wanted: dict) -> None:
         raise ValueError(f"{path} is not valid JSON ({error}); it is not a shard folder this package wrote") from None
     flat = {**{k: v for k, v in found.items() if k != "settings"}, **found.get("settings", {})}
     asked = {**{k: v for k, v in wanted.items() if k != "settings"}, **wanted["settings"]}
-    differ = [f"{key} {flat.get(key)!r} there, {asked[key]!r} now" for key in asked if flat.get(key) != asked[key]]
-    if differ:
-        what = "rows (a different corpus, split or order)" if [k for k in asked if flat.get(k) != asked[k]] == \
-            ["corpus"] else "settings"
-        raise ValueError(f"{out} was written with other {what}: {'; '.join(differ)}. Shards of two settings never "
+    changed = [key for key in asked if flat.get(key) != asked[key]]
+    if changed:
+        what = "rows (a different corpus, split or order)" if changed == ["corpus"] else "settings"
+        differ = "; ".join(f"{key} {flat.get(key)!r} there, {asked[key]!r} now" for key in changed)
+        raise ValueError(f"{out} was written with other {what}: {differ}. Shards of two settings never "
                          "mix: give another folder, or the settings it was written with")
 
 
-def _plan(dataset: datasets.Dataset, settings: ShardSettings, out: Path) -> list[tuple[str, str, list[int]]]:
+def _plan(dataset: datasets.Dataset, settings: ShardSettings) -> list[tuple[str, str, list[int]]]:
     """(shard file, split, dataset row indices) for every shard, splits in first-seen order, rows in dataset order."""
     by_split: dict[str, list[int]] = {}
     for index, split in enumerate(dataset["split"]):
