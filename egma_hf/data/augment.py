@@ -43,8 +43,9 @@ class JointAugment:
     (m, round(size * h / S), ...) float32 or None), the same geometry applied to both.
 
     One set of parameters is drawn from the image (torchvision's `make_params`), and torchvision's kernels apply it
-    to the image and, scaled by h / S, to the heatmaps at their own resolution (so a row with gaze costs little
-    more than one without; crop corners are rounded to whole heatmap pixels, S / h image pixels at most).
+    to the image (as a PIL image) and, scaled by h / S, to the heatmaps (as tensors) at their own resolution (so a
+    row with gaze costs little more than one without; crop corners are rounded to whole heatmap pixels, S / h image
+    pixels at most).
     Brightness and contrast change the image only. The randomness is a function of `key` alone (seeded for the
     call, the global RNG left as it was), so a row gets the same transform whatever process, worker or resume
     reads it."""
@@ -67,7 +68,9 @@ class JointAugment:
         try:
             crop = self.crop.make_params([tv_tensors.Image(image)])
             source_side = image.shape[-1]
-            image = TF.resized_crop(image, **crop, size=[self.size, self.size], antialias=True)
+            # The image goes through the kernels as a PIL image: the same geometry, at half the tensor kernels'
+            # cost for one uint8 channel (RandomAffine's tensor path builds a float sampling grid per pixel).
+            picture = TF.resized_crop(TF.to_pil_image(image), **crop, size=[self.size, self.size], antialias=True)
             if heatmaps is not None:
                 ratio = heatmaps.shape[-1] / source_side
                 side = max(1, round(self.size * ratio))
@@ -75,16 +78,16 @@ class JointAugment:
                 box["height"], box["width"] = max(1, box["height"]), max(1, box["width"])
                 heatmaps = TF.resized_crop(heatmaps.float(), **box, size=[side, side], antialias=True)
             if self.affine is not None:
-                move = self.affine.make_params([tv_tensors.Image(image)])
-                image = TF.affine(image, **move, interpolation=v2.InterpolationMode.BILINEAR)
+                move = self.affine.make_params([picture])
+                picture = TF.affine(picture, **move, interpolation=v2.InterpolationMode.BILINEAR)
                 if heatmaps is not None:
                     shift = [t * heatmaps.shape[-1] / self.size for t in move["translate"]]
                     heatmaps = TF.affine(heatmaps, **{**move, "translate": shift},
                                          interpolation=v2.InterpolationMode.BILINEAR)
             if self.settings.hflip and torch.rand(1).item() < 0.5:
-                image = TF.horizontal_flip(image)
+                picture = TF.horizontal_flip(picture)
                 heatmaps = None if heatmaps is None else TF.horizontal_flip(heatmaps)
-            image = self.photometric(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+            image = TF.pil_to_tensor(self.photometric(picture))
         finally:
             generator.set_state(saved)
         return image, None if heatmaps is None else heatmaps.clamp_(min=0)
