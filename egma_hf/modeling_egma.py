@@ -17,6 +17,7 @@ patch grid (h * w = number of patches; `EGMAProcessor` does the pooling), and `h
 that have gaze at all. Heatmaps of samples without gaze and of padding slots are ignored.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,43 @@ def _requested_hidden_states(hidden_states: tuple, request) -> tuple | None:
     count = len(hidden_states)
     kept = {index % count for index in selected if -count <= index < count}
     return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
+
+
+def tower_layers(tower: nn.Module) -> tuple[str, nn.Module]:
+    """The (dotted name, ModuleList or Sequential) of a tower's layer stack: BERT/Dinov2 `encoder.layer`, Swin/CLIP
+    `encoder.layers`, ConvNeXt `encoder.stages`, timm `blocks` / `stages` / `layers`; the outermost such list."""
+    found = [(name, module) for name, module in tower.named_modules()
+             if isinstance(module, (nn.ModuleList, nn.Sequential)) and name.rsplit(".", 1)[-1] in ("layer", "layers", "stages", "blocks")
+             and len(module) > 0]
+    if not found:
+        raise ValueError(f"cannot find the layer list of the {type(tower).__name__} tower (no encoder.layer, "
+                         "encoder.layers, encoder.stages or blocks)")
+    # the outermost list: Swin's stages hold their own blocks lists
+    return min(found, key=lambda item: item[0].count("."))
+
+
+def lock_tower(tower: nn.Module, unlocked_layers: int = 0, argument: str = "unlocked_layers") -> None:
+    """Freeze `tower` except its last `unlocked_layers` layers (and, when any is unlocked, the modules after the
+    layer stack such as a final LayerNorm or pooler). ValueError naming `argument` when the count is out of range."""
+    name, layers = tower_layers(tower)
+    if isinstance(unlocked_layers, bool) or not isinstance(unlocked_layers, int) \
+            or not 0 <= unlocked_layers <= len(layers):
+        raise ValueError(f"{argument} must be an integer in [0, {len(layers)}] (the {type(tower).__name__} tower has "
+                         f"{len(layers)} layers in {name}), got {unlocked_layers!r}")
+    tower.requires_grad_(False)
+    if unlocked_layers == 0:
+        return
+    for layer in layers[len(layers) - unlocked_layers:]:
+        layer.requires_grad_(True)
+    # What runs after the stack trains too (final norms, poolers, a timm head's norm): at each level on the way
+    # down to the stack, the children registered after the one that holds it. Embeddings come before and stay.
+    parent = tower
+    for part in name.split("."):
+        children = list(parent.named_children())
+        position = [child_name for child_name, _ in children].index(part)
+        for _, child in children[position + 1:]:
+            child.requires_grad_(True)
+        parent = getattr(parent, part)
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -335,6 +373,23 @@ class EGMAModel(EGMAPreTrainedModel):
                 return hidden[:, prefix:], (side, side), ""
         return None, None, f"{num_tokens} vision tokens do not form a square patch grid"
 
+    def lock_image_tower(self, unlocked_layers: int = 0) -> None:
+        """LiT-style: freeze the image tower except its last `unlocked_layers` layers/stages (open_clip's
+        `lock_image_tower`); the projections stay trainable. A fully frozen tower runs without a backward graph."""
+        lock_tower(self.vision_model, unlocked_layers, "unlocked_layers")
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
+        """Freeze the text tower except its last `unlocked_layers` encoder layers (open_clip's `lock_text_tower`);
+        the projections stay trainable. A fully frozen tower runs without a backward graph."""
+        lock_tower(self.text_model, unlocked_layers, "unlocked_layers")
+
+    @staticmethod
+    def _tower_grad(tower: nn.Module, inputs: torch.Tensor):
+        """No backward graph for a tower none of whose parameters trains, unless its input needs gradients
+        (saliency on pixels, an input-embedding hook)."""
+        frozen = not inputs.requires_grad and not any(p.requires_grad for p in tower.parameters())
+        return torch.no_grad() if frozen else contextlib.nullcontext()
+
     @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
@@ -351,7 +406,8 @@ class EGMAModel(EGMAPreTrainedModel):
         if not pixel_values.is_floating_point():
             raise TypeError("pixel_values must be a float tensor (the image processor's output), got "
                             f"{pixel_values.dtype}")
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        with self._tower_grad(self.vision_model, pixel_values):
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         patches, grid, self._no_patch_grid_reason = self._patch_tokens(outputs.last_hidden_state)
         pooled = outputs.pooler_output
         if pooled is None:
@@ -434,14 +490,15 @@ class EGMAModel(EGMAPreTrainedModel):
         token_type_ids = sentences.token_type_ids
         # The pooling needs the last layers whatever the caller asked for; what is returned follows the request.
         requested = _output_flag("output_hidden_states", output_hidden_states, self.config, self.config.text_config)
-        outputs = self.text_model(
-            input_ids=sentences.input_ids[real],
-            attention_mask=token_mask,
-            token_type_ids=token_type_ids[real] if token_type_ids is not None else None,
-            output_hidden_states=True,
-            return_dict=True,
-            **kwargs,
-        )
+        with self._tower_grad(self.text_model, sentences.input_ids):
+            outputs = self.text_model(
+                input_ids=sentences.input_ids[real],
+                attention_mask=token_mask,
+                token_type_ids=token_type_ids[real] if token_type_ids is not None else None,
+                output_hidden_states=True,
+                return_dict=True,
+                **kwargs,
+            )
         layers = outputs.hidden_states[-self.config.text_pooling_layers :]
         hidden = torch.stack(layers).mean(0)  # (S, L, H)
         if self.config.text_pooling_mask_padding:

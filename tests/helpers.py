@@ -40,6 +40,18 @@ TINY_BERT = dict(
     hidden_dropout_prob=0.0,  # deterministic training steps in tests
     attention_probs_dropout_prob=0.0,
 )
+# One tiny tower per family at 32 px, each with a 4x4 patch grid (ViT and Dinov2 with their class/register tokens).
+TINY_TOWERS = {
+    "swin": TINY_SWIN,
+    "vit": dict(model_type="vit", image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=32),
+    "dinov2_with_registers": dict(model_type="dinov2_with_registers", image_size=32, patch_size=8, hidden_size=16,
+                                  num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, num_register_tokens=4),
+    "convnext": dict(model_type="convnext", image_size=32, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+    "timm_wrapper": dict(model_type="timm_wrapper", architecture="vit_tiny_patch16_224", num_classes=0,
+                         do_pooling=False, model_args=dict(img_size=32, patch_size=8, embed_dim=16, depth=2,
+                                                           num_heads=2)),
+}
 GRID = 4
 IMAGE_SIZE = 32
 

@@ -189,6 +189,12 @@ def prepare_run(settings: TrainingSettings, accelerator, splits: dict, shard_dat
     `accelerator`."""
     with accelerator.main_process_first():  # the main process writes the tokenizer the others then read
         model, processor = build_model_and_processor(settings, splits["train"], Path(settings.output_dir))
+    for tower in ("image", "text"):
+        if getattr(settings, f"lock_{tower}_tower"):
+            try:
+                getattr(model, f"lock_{tower}_tower")(getattr(settings, f"lock_{tower}_unlocked_layers"))
+            except ValueError as error:
+                raise SystemExit(f"--lock_{tower}_unlocked_layers: {error}") from None
     if settings.activation_checkpointing:
         model.activation_checkpointing_enable()
     if settings.no_gather_with_grad:
@@ -211,8 +217,9 @@ def prepare_run(settings: TrainingSettings, accelerator, splits: dict, shard_dat
                                              # RNG, or a resumed run's dropout would differ from an uninterrupted one
                                              generator=torch.Generator().manual_seed(settings.seed))
         gaze_readings = sum(splits["train"]["has_gaze"])
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen towers left out
+    no_decay = [p for n, p in trainable if p.ndim < 2 or "logit_scale" in n]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "logit_scale" not in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
     if stream is not None:  # whole accumulations only: an epoch's last short one is left out

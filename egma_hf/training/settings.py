@@ -97,6 +97,14 @@ class TrainingSettings:
     resume: str | None = flag(help='"latest" (the newest complete checkpoint in --output_dir) or a checkpoint folder')
     activation_checkpointing: bool = flag(False)
     no_gather_with_grad: bool = flag(False, help="contrast against the local batch only")
+    lock_image_tower: bool = flag(False, help="freeze the image tower (LiT-style) except its last "
+                                  "--lock_image_unlocked_layers layers/stages; the projections still train")
+    lock_image_unlocked_layers: int = flag(0, help="with --lock_image_tower: how many last layers/stages of the image "
+                                           "tower stay trainable (0: all frozen, run without a backward graph)")
+    lock_text_tower: bool = flag(False, help="freeze the text tower except its last --lock_text_unlocked_layers "
+                                 "encoder layers; the projections still train")
+    lock_text_unlocked_layers: int = flag(0, help="with --lock_text_tower: how many last encoder layers of the text "
+                                          "tower stay trainable (0: all frozen, run without a backward graph)")
     same_study: str = flag(
         "positives", choices=["positives", "negatives"],
         help="pairs of one study (frontal + lateral images of one report, readings of one image): positives of each "
@@ -174,6 +182,12 @@ class TrainingSettings:
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise SystemExit(f"--{name} must be at least {minimum}, got {value}")
+        for tower in ("image", "text"):
+            unlocked = getattr(self, f"lock_{tower}_unlocked_layers")
+            if unlocked < 0:
+                raise SystemExit(f"--lock_{tower}_unlocked_layers must be at least 0, got {unlocked}")
+            if unlocked and not getattr(self, f"lock_{tower}_tower"):
+                raise SystemExit(f"--lock_{tower}_unlocked_layers {unlocked} needs --lock_{tower}_tower")
         for name in ("seed", "corpus_seed"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 2**32:
