@@ -12,7 +12,6 @@ weights, and the script prints the median step time of each and its speed-up ove
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 

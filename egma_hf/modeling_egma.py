@@ -177,8 +177,8 @@ def tower_layers(tower: nn.Module) -> tuple[str, nn.Module]:
     """The (dotted name, ModuleList or Sequential) of a tower's layer stack: BERT/Dinov2 `encoder.layer`, Swin/CLIP
     `encoder.layers`, ConvNeXt `encoder.stages`, timm `blocks` / `stages` / `layers`; the outermost such list."""
     found = [(name, module) for name, module in tower.named_modules()
-             if isinstance(module, (nn.ModuleList, nn.Sequential)) and name.rsplit(".", 1)[-1] in ("layer", "layers", "stages", "blocks")
-             and len(module) > 0]
+             if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0
+             and name.rsplit(".", 1)[-1] in ("layer", "layers", "stages", "blocks")]
     if not found:
         raise ValueError(f"cannot find the layer list of the {type(tower).__name__} tower (no encoder.layer, "
                          "encoder.layers, encoder.stages or blocks)")

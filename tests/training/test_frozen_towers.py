@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from egma_hf import EGMAModel
-from egma_hf.training import TrainingSettings, train
 from egma_hf.modeling_egma import tower_layers
+from egma_hf.training import TrainingSettings, train
 from tests.helpers import TINY_BERT, TINY_TOWERS, make_batch, make_tokenizer, tiny_config
 
 
