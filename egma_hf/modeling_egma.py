@@ -186,14 +186,14 @@ def tower_layers(tower: nn.Module) -> tuple[str, nn.Module]:
     return min(found, key=lambda item: item[0].count("."))
 
 
-def lock_tower(tower: nn.Module, unlocked_layers: int = 0, argument: str = "unlocked_layers") -> None:
+def lock_tower(tower: nn.Module, unlocked_layers: int = 0) -> None:
     """Freeze `tower` except its last `unlocked_layers` layers (and, when any is unlocked, the modules after the
-    layer stack such as a final LayerNorm or pooler). ValueError naming `argument` when the count is out of range."""
+    layer stack such as a final LayerNorm or pooler). ValueError naming `unlocked_layers` when it is out of range."""
     name, layers = tower_layers(tower)
     if isinstance(unlocked_layers, bool) or not isinstance(unlocked_layers, int) \
             or not 0 <= unlocked_layers <= len(layers):
-        raise ValueError(f"{argument} must be an integer in [0, {len(layers)}] (the {type(tower).__name__} tower has "
-                         f"{len(layers)} layers in {name}), got {unlocked_layers!r}")
+        raise ValueError(f"unlocked_layers must be an integer in [0, {len(layers)}] (the {type(tower).__name__} "
+                         f"tower has {len(layers)} layers in {name}), got {unlocked_layers!r}")
     tower.requires_grad_(False)
     if unlocked_layers == 0:
         return
@@ -376,12 +376,12 @@ class EGMAModel(EGMAPreTrainedModel):
     def lock_image_tower(self, unlocked_layers: int = 0) -> None:
         """LiT-style: freeze the image tower except its last `unlocked_layers` layers/stages (open_clip's
         `lock_image_tower`); the projections stay trainable. A fully frozen tower runs without a backward graph."""
-        lock_tower(self.vision_model, unlocked_layers, "unlocked_layers")
+        lock_tower(self.vision_model, unlocked_layers)
 
     def lock_text_tower(self, unlocked_layers: int = 0) -> None:
         """Freeze the text tower except its last `unlocked_layers` encoder layers (open_clip's `lock_text_tower`);
         the projections stay trainable. A fully frozen tower runs without a backward graph."""
-        lock_tower(self.text_model, unlocked_layers, "unlocked_layers")
+        lock_tower(self.text_model, unlocked_layers)
 
     @staticmethod
     def _tower_grad(tower: nn.Module, inputs: torch.Tensor):

@@ -178,14 +178,13 @@ class TrainingSettings:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                               ("keep_checkpoints", 1), ("synthetic_samples", 2), ("warmup_steps", 0),
                               ("num_workers", 0), ("max_steps", 1), ("eval_every", 1), ("checkpoint_every", 1),
-                              ("image_size", 1), ("num_threads", 1), ("shuffle_buffer", 0), ("log_every", 1)):
+                              ("image_size", 1), ("num_threads", 1), ("shuffle_buffer", 0), ("log_every", 1),
+                              ("lock_image_unlocked_layers", 0), ("lock_text_unlocked_layers", 0)):
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise SystemExit(f"--{name} must be at least {minimum}, got {value}")
         for tower in ("image", "text"):
             unlocked = getattr(self, f"lock_{tower}_unlocked_layers")
-            if unlocked < 0:
-                raise SystemExit(f"--lock_{tower}_unlocked_layers must be at least 0, got {unlocked}")
             if unlocked and not getattr(self, f"lock_{tower}_tower"):
                 raise SystemExit(f"--lock_{tower}_unlocked_layers {unlocked} needs --lock_{tower}_tower")
         for name in ("seed", "corpus_seed"):
